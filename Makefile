@@ -1,0 +1,66 @@
+# vvfs — two commands for a fresh Debian machine:
+#   make demo   set everything up and run the main job (see README.md)
+#   make test   set everything up and run the test suite
+# Everything else here is what those two stand on.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= $(CURDIR)/demo
+
+# Debian packages the product, the demo and the tests use (program -> package).
+DEB_PACKAGES := fuse3 libfuse3-dev pkg-config fio e2fsprogs xfsprogs btrfs-progs \
+                gdisk util-linux lvm2 kmod python3-venv
+DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fsprogs \
+                mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk wipefs:util-linux \
+                pvcreate:lvm2
+
+.PHONY: all deps venv test test-fast demo demo-stop bench lint clean
+
+all: venv
+
+deps:
+	@missing=""; \
+	for pair in $(DEB_PROGRAMS); do \
+	  prog=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	pkg-config --exists fuse3 2>/dev/null || missing="$$missing libfuse3-dev"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install$$missing" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): setup.cfg pyproject.toml | deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+test: venv
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -m 'not slow' $(PYTEST_ARGS)
+
+demo: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH DEMO_DIR=$(DEMO_DIR) bash tools/demo.sh start
+
+demo-stop:
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH DEMO_DIR=$(DEMO_DIR) bash tools/demo.sh stop
+
+bench: venv
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check metadata mapper vvfs tools tests bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
