@@ -12,9 +12,9 @@ DEMO_DIR ?= $(CURDIR)/demo
 
 # Debian packages the product, the demo and the tests use (program -> package).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config fio e2fsprogs xfsprogs btrfs-progs \
-                gdisk util-linux lvm2 kmod python3-venv
+                gdisk fdisk util-linux mdadm lvm2 kmod python3-venv
 DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fsprogs \
-                mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk wipefs:util-linux \
+                mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk sfdisk:fdisk wipefs:util-linux mdadm:mdadm \
                 pvcreate:lvm2
 
 .PHONY: all deps venv test test-fast demo demo-stop bench lint clean
