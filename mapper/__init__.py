@@ -1,0 +1,49 @@
+"""Pure address resolution, free-space accounting and placement (no I/O).
+
+``mapper`` turns a :class:`metadata.model.Pool` configuration into answers:
+where volume bytes live on devices (:class:`VolumeMap`), which extents are
+free (:func:`free_runs`, :func:`usage`, :func:`class_usage`) and what the
+configuration becomes after a change (:func:`create_volume` and friends,
+each returning a new pool).  It imports only ``metadata`` and never opens a
+file.
+"""
+
+from .alloc import ClassUsage, DeviceUsage, class_usage, free_runs, usage, used_by
+from .layout import Loc, Piece, ResolveError, VolumeMap
+from .placement import (
+    FITS,
+    PlacementError,
+    VolumeSpec,
+    add_device,
+    create_volume,
+    remove_device,
+    remove_volume,
+    rename_volume,
+    resize_volume,
+)
+from .units import SizeError, human_size, parse_size
+
+__all__ = [
+    "FITS",
+    "ClassUsage",
+    "DeviceUsage",
+    "Loc",
+    "Piece",
+    "PlacementError",
+    "ResolveError",
+    "SizeError",
+    "VolumeMap",
+    "VolumeSpec",
+    "add_device",
+    "class_usage",
+    "create_volume",
+    "free_runs",
+    "human_size",
+    "parse_size",
+    "remove_device",
+    "remove_volume",
+    "rename_volume",
+    "resize_volume",
+    "usage",
+    "used_by",
+]
