@@ -1,0 +1,122 @@
+"""What every vvfs command line shares: exit codes, errors, options, output.
+
+A user mistake or a refused request prints ONE line on stderr, prefixed by
+the program name, and exits with a documented status; no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from mapper.units import SizeError, parse_size
+from metadata.blockdev import DeviceIOError
+from metadata.errors import MediaError, VVError
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the request was refused or failed; nothing changed
+EXIT_USAGE = 2  # bad command line (click's own status for usage errors)
+EXIT_IO = 3  # a device could not be read or written, or its media is damaged
+EXIT_LOCKED = 4  # another vv command or a running node holds the state directory
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class QuietError(Exception):
+    """An error to show as one line, with an exit status."""
+
+    def __init__(self, msg: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(msg)
+        self.exit_code = exit_code
+
+
+def exit_code_for(exc: BaseException) -> int:
+    from vvfs.state import LockedError
+
+    if isinstance(exc, LockedError):
+        return EXIT_LOCKED
+    if isinstance(exc, (DeviceIOError, MediaError)):
+        return EXIT_IO
+    return EXIT_FAILED
+
+
+def run_cli(group: click.Group, prog: str) -> None:
+    """Run a click group, turning vvfs errors into one line and an exit status."""
+    try:
+        group.main(prog_name=prog, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except QuietError as exc:
+        click.echo(f"{prog}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except VVError as exc:
+        click.echo(f"{prog}: {exc}", err=True)
+        sys.exit(exit_code_for(exc))
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(EXIT_OK)
+    sys.exit(EXIT_OK)
+
+
+class SizeParam(click.ParamType):
+    """A size with an optional K/M/G/T suffix (binary multiples)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except SizeError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = SizeParam()
+
+
+def state_dir_option(f: F) -> F:
+    return click.option(
+        "--state-dir", envvar="VVFS_STATE_DIR", default=None, metavar="DIR",
+        help="Host state directory [env VVFS_STATE_DIR; default /var/lib/vvfs].",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def pass_manager(f: F) -> F:
+    """Give the command a vvfs.api.Manager for --state-dir, closed afterwards."""
+
+    @state_dir_option
+    @functools.wraps(f)
+    def wrapper(*args: Any, state_dir: str | None, **kwargs: Any) -> Any:
+        from vvfs.api import Manager
+
+        with Manager(state_dir) as mgr:
+            return f(mgr, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,607 @@
+"""The Python API of vvfs: every `vv` command is one call of :class:`Manager`.
+
+A :class:`Manager` works on one host's state directory.  Each mutating call
+takes the state directory's exclusive lock, opens the pool from its media
+(media wins over the catalog), computes the new configuration with
+``mapper``, commits it to every device (two-phase, see ``metadata.media``),
+then mirrors it into the catalog.  Nothing is changed when a call raises.
+
+Return values are plain data (model objects, dataclasses, dicts) for the CLI
+or another program to print.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import mapper
+from metadata import format as fmt
+from metadata import media
+from metadata.blockdev import DeviceIOError, FileDevice
+from metadata.catalog import Catalog
+from metadata.errors import NoValidGenerationError, VVError
+from metadata.model import Device, DeviceUUID, Pool, PoolUUID, Volume, check_name, new_uuid
+
+from . import probe
+from .discovery import Found, discover
+from .state import StateDir
+
+log = logging.getLogger(__name__)
+
+MIN_EXTENT = 1 << 20
+MAX_EXTENT = 1 << 30
+
+
+class ApiError(VVError):
+    """A request that cannot be carried out; the message says why."""
+
+
+class NotFoundError(ApiError):
+    pass
+
+
+class RefusedError(ApiError):
+    """The request is understood but refused (in use, signature, no space ...)."""
+
+
+@dataclass
+class OpenPool:
+    """A pool opened from its media for reading or for one change."""
+
+    choice: media.Choice
+    paths: dict[str, str]
+
+    @property
+    def pool(self) -> Pool:
+        return self.choice.pool
+
+    def close(self) -> None:
+        for s in self.choice.scans:
+            s.dev.close()
+
+
+@dataclass
+class PoolReport:
+    """What `vv scan` says of one pool."""
+
+    uuid: str
+    name: str
+    generation: int | None
+    status: str
+    active_host: str | None
+    imported_here: bool
+    devices: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PoolShow:
+    """What `vv pool show` says of one pool: its configuration and its media."""
+
+    pool: Pool
+    #: device uuid -> path where the device was found
+    paths: dict[str, str]
+    #: uuids of devices the configuration lists that were not found
+    missing: list[str] = field(default_factory=list)
+    #: paths of devices whose newest generation is older than the pool's
+    stale: list[str] = field(default_factory=list)
+
+
+class Manager:
+    """One host's view of its pools.  See the module docstring."""
+
+    def __init__(self, state_dir: str | None = None) -> None:
+        self.state = StateDir(state_dir)
+        self.catalog = Catalog(self.state.config.catalog_url)
+        self._lock_held = False
+        #: Called with the new configuration after every commit, and with
+        #: (pool uuid, None) when a pool is exported or destroyed; a running
+        #: node uses it to swap the new maps into its data path.
+        self.on_change: Callable[[str, Pool | None], None] | None = None
+        #: Returns the names of a pool's volumes that are open (in use);
+        #: such a volume is not removed, shrunk or renamed.
+        self.open_volumes: Callable[[str], set[str]] | None = None
+
+    @contextlib.contextmanager
+    def holding_lock(self, what: str) -> Iterator[None]:
+        """Take the state directory's lock once, for a long-lived owner (the node).
+
+        While held, the calls of this Manager do not lock again.
+        """
+        with self.state.locked(what):
+            self._lock_held = True
+            try:
+                yield
+            finally:
+                self._lock_held = False
+
+    def _locked(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self._lock_held else self.state.locked(what)
+
+    def _changed(self, pool_uuid: str, pool: Pool | None) -> None:
+        if self.on_change is not None:
+            self.on_change(pool_uuid, pool)
+
+    def _refuse_if_open(self, pool: Pool, name: str, what: str) -> None:
+        if self.open_volumes is not None and name in self.open_volumes(pool.uuid):
+            raise RefusedError(f"volume {pool.name}/{name} is open; close it before it can be"
+                               f" {what}")
+
+    @property
+    def host_id(self) -> str:
+        return self.state.config.host_id
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------
+    # opening and committing
+
+    def _pool_uuid(self, name: str) -> str:
+        row = self.catalog.find_pool(name)
+        if row is None:
+            raise NotFoundError(f"no imported pool {name!r} (see 'vv pool list', 'vv scan')")
+        return row.uuid
+
+    def _open(self, name: str) -> OpenPool:
+        """Open an imported pool from the paths the catalog remembers.
+
+        A device not found at its remembered path is looked for on the
+        search paths.  The catalog is brought in line with the media.
+        """
+        uuid = self._pool_uuid(name)
+        remembered = self.catalog.device_paths(uuid)
+        found = discover(list(remembered.values()), readonly=False)
+        scans = found.pools.pop(uuid, [])
+        found.close()
+        have = {s.device_uuid for s in scans}
+        if set(remembered) - have:
+            extra = discover(self.state.config.search_paths, readonly=False,
+                             skip=[s.name for s in scans])
+            for s in extra.pools.pop(uuid, []):
+                if s.device_uuid in remembered and s.device_uuid not in have:
+                    scans.append(s)
+                    have.add(s.device_uuid)
+                else:
+                    s.dev.close()
+            extra.close()
+        if not scans:
+            raise RefusedError(f"pool {name}: none of its devices can be found")
+        try:
+            choice = media.choose_generation(scans)
+        except NoValidGenerationError as exc:
+            for s in scans:
+                s.dev.close()
+            raise RefusedError(f"pool {name}: {exc}") from None
+        op = OpenPool(choice, {s.device_uuid: s.name for s in scans if s.device_uuid})
+        if self.catalog.pool_generation(uuid) != choice.generation or remembered != op.paths:
+            self.catalog.sync_pool(choice.pool, op.paths)
+        return op
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[OpenPool]:
+        op = self._open(name)
+        try:
+            yield op
+        finally:
+            op.close()
+
+    @contextlib.contextmanager
+    def _changing(self, name: str, *, allow_missing: bool = False) -> Iterator[OpenPool]:
+        with self._locked("vv"):
+            op = self._open(name)
+            try:
+                if op.choice.missing and not allow_missing:
+                    names = [op.pool.device(u).name for u in op.choice.missing]
+                    raise RefusedError(
+                        f"pool {op.pool.name} is missing devices {', '.join(names)}:"
+                        " changes refused until they return (see 'vv scan', vvfsck)"
+                    )
+                yield op
+            finally:
+                op.close()
+
+    def _commit(self, op: OpenPool, new: Pool, extra: list[media.Target] = ()) -> Pool:
+        """Commit *new* to every present, working device of it (plus *extra*)."""
+        new.generation = op.choice.max_seen + 1
+        new.check()
+        by_uuid = {s.device_uuid: s for s in op.choice.scans}
+        targets = [
+            media.Target(by_uuid[d.uuid].dev, by_uuid[d.uuid].label)  # type: ignore[arg-type]
+            for d in new.devices if d.state != "failed" and d.uuid in by_uuid
+        ]
+        targets.extend(extra)
+        media.commit_generation(targets, new)
+        op.choice.max_seen = new.generation
+        op.choice.pool = new
+        paths = {u: p for u, p in op.paths.items() if any(d.uuid == u for d in new.devices)}
+        self.catalog.sync_pool(new, paths)
+        self._changed(new.uuid, new)
+        return new
+
+    # ------------------------------------------------------------------
+    # claiming devices
+
+    def _check_claimable(self, path: str, force: bool) -> int:
+        """Refuse a device in use, or carrying a signature unless *force*; return its size."""
+        size = probe.device_size(path)
+        reason = probe.in_use(path)
+        if reason:
+            raise RefusedError(f"{path}: {reason}; refusing to claim it (--force does not"
+                               " override a device in use)")
+        try:
+            with FileDevice(path, readonly=True) as dev:
+                label, _errors = media.read_label(dev)
+        except DeviceIOError as exc:
+            raise RefusedError(str(exc)) from None
+        if label is not None and self.catalog.find_pool(label.pool_uuid) is not None:
+            row = self.catalog.find_pool(label.pool_uuid)
+            raise RefusedError(f"{path}: belongs to imported pool {row.name}; refusing to claim"
+                               " it (--force does not override a device in use)")
+        if label is not None and not force:
+            row = self.catalog.find_pool(label.pool_uuid)
+            owner = f"pool {row.name} " if row else ""
+            raise RefusedError(
+                f"{path}: vvfs signature of {owner}{label.pool_uuid} at byte"
+                f" {fmt.LABEL_A_OFFSET}; use --force to claim it anyway"
+            )
+        if not force:
+            sigs = probe.foreign_signatures(path)
+            if sigs:
+                raise RefusedError(
+                    f"{path}: {sigs[0].describe()}"
+                    + (f" (and {len(sigs) - 1} more)" if len(sigs) > 1 else "")
+                    + "; use --force to claim it anyway"
+                )
+        return size
+
+    def _claim(self, path: str, pool_uuid: str, extent_size: int, metadata_size: int,
+               size: int, force: bool, tier: int, protection: int, cost: float,
+               name: str) -> tuple[FileDevice, fmt.Label, Device]:
+        try:
+            geometry = fmt.plan_geometry(size, extent_size, metadata_size)
+        except fmt.GeometryError as exc:
+            raise RefusedError(f"{path}: {exc}") from None
+        if force:
+            probe.wipe_signatures(path)
+        label = fmt.Label(pool_uuid, new_uuid(), geometry, time.time())
+        dev = FileDevice(path)
+        try:
+            media.initialize_device(dev, label)
+        except DeviceIOError:
+            dev.close()
+            raise
+        device = Device(
+            uuid=DeviceUUID(label.device_uuid), name=name, size=geometry.device_size,
+            data_start=geometry.data_start, extent_count=geometry.extent_count, tier=tier,
+            protection=protection, cost=cost, paths=[os.path.abspath(path)],
+        )
+        return dev, label, device
+
+    @staticmethod
+    def _unclaim(dev: FileDevice, label: fmt.Label) -> None:
+        """Erase the labels and metadata areas written by a claim (undo)."""
+        g = label.geometry
+        for off in g.label_offsets:
+            dev.pwrite(bytes(fmt.LABEL_SIZE), off)
+        for area in g.area_offsets:
+            dev.pwrite(bytes(fmt.SLOTS_OFFSET), area)
+            for i in range(g.slot_count):
+                dev.pwrite(bytes(fmt.SLOT_HEADER_SIZE), area + fmt.SLOTS_OFFSET + i * g.slot_size)
+        dev.flush()
+
+    def _remember_dir(self, path: str) -> None:
+        """Keep the directory of a file-backed device on the search paths."""
+        if stat.S_ISREG(os.stat(path).st_mode):
+            self.state.add_search_path(os.path.dirname(os.path.abspath(path)))
+
+    # ------------------------------------------------------------------
+    # pools
+
+    def create_pool(self, name: str, paths: list[str], *, extent_size: int = 4 << 20,
+                    metadata_size: int = fmt.DEFAULT_METADATA_SIZE, force: bool = False,
+                    tier: int = 2, protection: int = 0, cost: float = 0.0) -> Pool:
+        """Claim *paths* and write a new pool on them (generation 1)."""
+        check_name("pool", name)
+        if not paths:
+            raise ApiError("a pool needs at least one device")
+        if extent_size & (extent_size - 1) or not MIN_EXTENT <= extent_size <= MAX_EXTENT:
+            raise ApiError("extent size must be a power of two from 1 MiB to 1 GiB")
+        real = [os.path.realpath(p) for p in paths]
+        if len(set(real)) != len(real):
+            raise ApiError("a device is named twice")
+        with self._locked("vv pool create"):
+            if self.catalog.find_pool(name) is not None:
+                raise RefusedError(f"a pool named {name!r} is already imported")
+            sizes = [self._check_claimable(p, force) for p in paths]
+            pool = Pool(uuid=PoolUUID(new_uuid()), name=name, extent_size=extent_size,
+                        generation=1, active_host=self.host_id)
+            claimed: list[tuple[FileDevice, fmt.Label]] = []
+            try:
+                for i, (path, size) in enumerate(zip(paths, sizes)):
+                    dev, label, device = self._claim(path, pool.uuid, extent_size, metadata_size,
+                                                     size, force, tier, protection, cost, f"d{i}")
+                    claimed.append((dev, label))
+                    pool.devices.append(device)
+                pool.check()
+                media.commit_generation([media.Target(d, lb) for d, lb in claimed], pool)
+            except BaseException:
+                for dev, label in claimed:
+                    with contextlib.suppress(DeviceIOError):
+                        self._unclaim(dev, label)
+                raise
+            finally:
+                for dev, _ in claimed:
+                    dev.close()
+            self.catalog.sync_pool(pool, {d.uuid: d.paths[0] for d in pool.devices})
+            for p in paths:
+                self._remember_dir(p)
+            return pool
+
+    def list_pools(self) -> list[dict]:
+        out = []
+        for row in self.catalog.pools():
+            pool = self.catalog.load_pool(row.uuid)
+            cap = sum(d.extent_count for d in pool.devices) * pool.extent_size
+            free = sum(u.free for u in mapper.usage(pool).values()) * pool.extent_size
+            out.append({"name": pool.name, "uuid": pool.uuid, "generation": pool.generation,
+                        "devices": len(pool.devices), "volumes": len(pool.volumes),
+                        "size": cap, "free": free})
+        return out
+
+    def show_pool(self, name: str) -> PoolShow:
+        with self._reading(name) as op:
+            return PoolShow(op.pool, dict(op.paths), list(op.choice.missing),
+                            [s.name for s in op.choice.stale])
+
+    def export_pool(self, name: str) -> Pool:
+        """Clear the pool's host stamp on media and forget it here."""
+        with self._changing(name) as op:
+            new = op.pool.copy()
+            new.active_host = None
+            self._commit(op, new)
+            self.catalog.drop_pool(new.uuid)
+            self._changed(new.uuid, None)
+            return new
+
+    def import_pool(self, key: str, *, search: list[str] = (), force: bool = False) -> Pool:
+        """Find pool *key* (name or uuid) on the media and make it this host's."""
+        with self._locked("vv pool import"):
+            found = discover(list(search) + self.state.config.search_paths, readonly=False)
+            try:
+                uuid = self._match_pool(found, key)
+                if self.catalog.find_pool(uuid) is not None:
+                    raise RefusedError(f"pool {key} is already imported on this host")
+                scans = found.pools[uuid]
+                try:
+                    choice = media.choose_generation(scans)
+                except NoValidGenerationError as exc:
+                    raise RefusedError(f"pool {key}: {exc}") from None
+                pool = choice.pool
+                if self.catalog.find_pool(pool.name) is not None:
+                    raise RefusedError(f"a pool named {pool.name!r} is already imported here")
+                if pool.active_host not in (None, self.host_id) and not force:
+                    raise RefusedError(
+                        f"pool {pool.name} is active on host {pool.active_host};"
+                        " import it with --force only if that host is down"
+                    )
+                if choice.missing and not force:
+                    names = [pool.device(u).name for u in choice.missing]
+                    raise RefusedError(f"pool {pool.name} is incomplete: devices"
+                                       f" {', '.join(names)} not found (--force to import anyway)")
+                op = OpenPool(choice, {s.device_uuid: s.name for s in scans if s.device_uuid})
+                new = pool.copy()
+                new.active_host = self.host_id
+                for d in new.devices:
+                    if d.uuid in op.paths:
+                        d.paths = [op.paths[d.uuid]]
+                self._commit(op, new)
+                for p in op.paths.values():
+                    self._remember_dir(p)
+                return new
+            finally:
+                found.close()
+
+    @staticmethod
+    def _match_pool(found: Found, key: str) -> str:
+        if key in found.pools:
+            return key
+        matches = []
+        for uuid, scans in found.pools.items():
+            try:
+                name = media.choose_generation(scans).pool.name
+            except NoValidGenerationError:
+                continue
+            if name == key:
+                matches.append(uuid)
+        if not matches:
+            raise NotFoundError(f"no pool {key!r} found on the search paths")
+        if len(matches) > 1:
+            raise RefusedError(f"several pools are named {key!r}: {', '.join(matches)};"
+                               " import one by uuid")
+        return matches[0]
+
+    def destroy_pool(self, name: str, *, yes: bool = False) -> None:
+        """Erase the pool's labels and metadata from every device."""
+        if not yes:
+            raise RefusedError(f"destroying pool {name} erases all its volumes; add --yes")
+        with self._changing(name, allow_missing=True) as op:
+            if self.open_volumes is not None and self.open_volumes(op.pool.uuid):
+                raise RefusedError(f"pool {name} has open volumes: "
+                                   + ", ".join(sorted(self.open_volumes(op.pool.uuid))))
+            for s in op.choice.scans:
+                if s.label is not None:
+                    self._unclaim(s.dev, s.label)  # type: ignore[arg-type]
+            self.catalog.drop_pool(op.pool.uuid)
+            self._changed(op.pool.uuid, None)
+
+    def scan(self, paths: list[str] | None = None) -> tuple[list[PoolReport], dict[str, list[str]]]:
+        """Report every pool whose devices lie on *paths* (default: search paths)."""
+        found = discover(paths or self.state.config.search_paths)
+        try:
+            reports = [self._report(uuid, scans) for uuid, scans in found.pools.items()]
+            return reports, found.duplicates
+        finally:
+            found.close()
+
+    def _report(self, uuid: str, scans: list[media.DeviceScan]) -> PoolReport:
+        try:
+            choice = media.choose_generation(scans)
+        except NoValidGenerationError as exc:
+            return PoolReport(uuid, "?", None, "unreadable", None, False,
+                              {s.device_uuid or "?": s.name for s in scans}, problems=[str(exc)])
+        pool = choice.pool
+        listed = {d.uuid for d in pool.devices}
+        rep = PoolReport(
+            uuid=uuid, name=pool.name, generation=choice.generation,
+            status="incomplete" if choice.missing else "complete",
+            active_host=pool.active_host,
+            imported_here=self.catalog.find_pool(uuid) is not None,
+            devices={pool.device(s.device_uuid).name if s.device_uuid in listed
+                     else s.device_uuid or "?": s.name for s in scans},
+            missing=[pool.device(u).name for u in choice.missing],
+            stale=[s.name for s in choice.stale],
+            problems=[str(f) for s in scans for f in s.findings],
+        )
+        orphans = [s.name for s in scans if s.device_uuid not in listed]
+        if orphans:
+            rep.problems.append("devices no longer in the pool: " + ", ".join(orphans))
+        return rep
+
+    # ------------------------------------------------------------------
+    # devices
+
+    def add_device(self, pool_name: str, path: str, *, tier: int = 2, protection: int = 0,
+                   cost: float = 0.0, force: bool = False) -> Device:
+        with self._changing(pool_name) as op:
+            size = self._check_claimable(path, force)
+            ref = op.choice.scans[0].label
+            assert ref is not None  # open pools only hold labelled scans
+            taken = {d.name for d in op.pool.devices}
+            name = next(f"d{i}" for i in range(len(taken) + 1) if f"d{i}" not in taken)
+            dev, label, device = self._claim(path, op.pool.uuid, op.pool.extent_size,
+                                             ref.geometry.area_size, size, force, tier,
+                                             protection, cost, name)
+            try:
+                new = mapper.add_device(op.pool, device)
+                op.paths[device.uuid] = os.path.abspath(path)
+                self._commit(op, new, [media.Target(dev, label)])
+            except BaseException:
+                op.paths.pop(device.uuid, None)
+                with contextlib.suppress(DeviceIOError):
+                    self._unclaim(dev, label)
+                raise
+            finally:
+                dev.close()
+            self._remember_dir(path)
+            return device
+
+    def remove_device(self, pool_name: str, key: str) -> Device:
+        with self._changing(pool_name) as op:
+            device = op.pool.device(key)
+            new = mapper.remove_device(op.pool, device.uuid)
+            if not new.devices:
+                raise RefusedError("cannot remove the last device; destroy the pool instead")
+            self._commit(op, new)
+            for s in op.choice.scans:
+                if s.device_uuid == device.uuid and s.label is not None:
+                    with contextlib.suppress(DeviceIOError):
+                        self._unclaim(s.dev, s.label)  # type: ignore[arg-type]
+            return device
+
+    def list_devices(self, pool_name: str) -> tuple[Pool, dict[str, str], dict]:
+        with self._reading(pool_name) as op:
+            return op.pool, dict(op.paths), mapper.usage(op.pool)
+
+    def list_classes(self, pool_name: str) -> list:
+        with self._reading(pool_name) as op:
+            return mapper.class_usage(op.pool)
+
+    # ------------------------------------------------------------------
+    # volumes
+
+    @staticmethod
+    def _split(path: str) -> tuple[str, str]:
+        pool, sep, vol = path.partition("/")
+        if not sep or not pool or not vol:
+            raise ApiError(f"{path!r}: name a volume as POOL/VOLUME")
+        return pool, vol
+
+    def create_volume(self, path: str, spec: mapper.VolumeSpec) -> Volume:
+        pool_name, spec.name = self._split(path)
+        with self._changing(pool_name) as op:
+            new = self._commit(op, mapper.create_volume(op.pool, spec))
+            return new.volume(spec.name)
+
+    def list_volumes(self, pool_name: str) -> list[Volume]:
+        with self._reading(pool_name) as op:
+            return list(op.pool.volumes)
+
+    def show_volume(self, path: str) -> tuple[Pool, Volume]:
+        pool_name, name = self._split(path)
+        with self._reading(pool_name) as op:
+            return op.pool, op.pool.volume(name)
+
+    def remove_volume(self, path: str) -> None:
+        pool_name, name = self._split(path)
+        with self._changing(pool_name) as op:
+            op.pool.volume(name)
+            self._refuse_if_open(op.pool, name, "removed")
+            self._commit(op, mapper.remove_volume(op.pool, name))
+
+    def resize_volume(self, path: str, size: int, *, allow_shrink: bool = False) -> Volume:
+        pool_name, name = self._split(path)
+        with self._changing(pool_name) as op:
+            if size < op.pool.volume(name).size:
+                self._refuse_if_open(op.pool, name, "shrunk")
+            new = self._commit(op, mapper.resize_volume(op.pool, name, size, allow_shrink))
+            return new.volume(name)
+
+    def rename_volume(self, path: str, new_name: str) -> Volume:
+        pool_name, name = self._split(path)
+        if "/" in new_name:
+            p2, new_name = self._split(new_name)
+            if p2 != pool_name:
+                raise ApiError("a volume cannot be renamed into another pool")
+        with self._changing(pool_name) as op:
+            new = self._commit(op, mapper.rename_volume(op.pool, name, new_name))
+            return new.volume(new_name)
+
+    # ------------------------------------------------------------------
+    # catalog
+
+    def rebuild_catalog(self, search: list[str] = ()) -> list[str]:
+        """Recreate the catalog from media: every pool stamped with this host id."""
+        with self._locked("vv catalog rebuild"):
+            found = discover(list(search) + self.state.config.search_paths)
+            try:
+                names = []
+                for uuid in [row.uuid for row in self.catalog.pools()]:
+                    self.catalog.drop_pool(uuid)
+                for uuid, scans in found.pools.items():
+                    try:
+                        choice = media.choose_generation(scans)
+                    except NoValidGenerationError:
+                        continue
+                    if choice.pool.active_host != self.host_id:
+                        continue
+                    self.catalog.sync_pool(choice.pool, {s.device_uuid: s.name for s in scans
+                                                         if s.device_uuid})
+                    names.append(choice.pool.name)
+                return names
+            finally:
+                found.close()
