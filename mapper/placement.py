@@ -27,6 +27,8 @@ continue each other on every area are merged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -376,30 +378,40 @@ def _logical_extents(size: int, extent_size: int, stripes: int) -> int:
 
 def create_volume(pool: Pool, spec: VolumeSpec) -> Pool:
     """Return a new pool with the volume *spec* describes allocated in it."""
-    _check_spec(pool, spec)
-    reasons = _eligibility(pool, spec)
-    frees = _frees(pool)
-    if _has_amounts(spec):
-        segments = _place_amounts(pool, spec, frees, reasons)
-    else:
-        segments = _place(pool, spec, frees, reasons)
+    return create_volumes(pool, [spec])
+
+
+def create_volumes(pool: Pool, specs: Sequence[VolumeSpec]) -> Pool:
+    """Return a new pool with every volume of *specs* allocated, in order.
+
+    All or nothing: the first spec that cannot be satisfied raises and the
+    pool passed in is unchanged.  Free space is computed once for the batch.
+    """
     new = pool.copy()
-    new.volumes.append(
-        Volume(
-            uuid=VolumeUUID(new_uuid()),
-            name=spec.name,
-            size=spec.size,
-            stripes=spec.stripes,
-            stripe_size=spec.stripe_size,
-            mirrors=spec.mirrors,
-            owner=spec.owner,
-            group=spec.group,
-            mode=spec.mode,
-            hosts=list(spec.hosts),
-            read_policy=spec.read_policy,
-            segments=segments,
+    frees = _frees(new)
+    for spec in specs:
+        _check_spec(new, spec)
+        reasons = _eligibility(new, spec)
+        if _has_amounts(spec):
+            segments = _place_amounts(new, spec, frees, reasons)
+        else:
+            segments = _place(new, spec, frees, reasons)
+        new.volumes.append(
+            Volume(
+                uuid=VolumeUUID(new_uuid()),
+                name=spec.name,
+                size=spec.size,
+                stripes=spec.stripes,
+                stripe_size=spec.stripe_size,
+                mirrors=spec.mirrors,
+                owner=spec.owner,
+                group=spec.group,
+                mode=spec.mode,
+                hosts=list(spec.hosts),
+                read_policy=spec.read_policy,
+                segments=segments,
+            )
         )
-    )
     new.check()
     return new
 

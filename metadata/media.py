@@ -184,13 +184,18 @@ def _scan_area(scan: DeviceScan, copy: int, area: int) -> None:
         scan.slots.setdefault(hdr_s.generation, []).append(SlotCopy(copy, off, hdr_s))
 
 
-def read_config(scan: DeviceScan, generation: int, digest: bytes | None = None) -> dict:
+def read_config(scan: DeviceScan, generation: int, digest: bytes | None = None,
+                *, decode: bool = True) -> dict | None:
     """Read generation *generation* from the device, verifying every copy.
 
-    Returns the document of the first copy that verifies; a damaged copy is
-    recorded in ``scan.findings`` (so it is noticed while the other is good).
+    Returns the document of the first copy that verifies (or None when
+    *decode* is false: then the copies are only checked against their
+    digest); a damaged copy is recorded in ``scan.findings`` so that it is
+    noticed while the other copy is still good.  Raises MediaError when no
+    copy verifies.
     """
     doc: dict | None = None
+    good = False
     last: MediaError | None = None
     for sc in scan.slots.get(generation, []):
         if digest is not None and sc.header.digest != digest:
@@ -198,16 +203,17 @@ def read_config(scan: DeviceScan, generation: int, digest: bytes | None = None) 
         off = sc.offset + fmt.SLOT_HEADER_SIZE
         try:
             payload = scan.dev.pread(sc.header.length, off)
-            if doc is None:
+            if decode and doc is None:
                 doc = fmt.decode_payload(sc.header, payload, scan.name, off)
             elif fmt.payload_digest(payload) != sc.header.digest:
                 raise ChecksumError(scan.name, off, f"generation {generation}: payload checksum"
                                     " mismatch")
+            good = True
         except (MediaError, DeviceIOError) as exc:
             last = _as_media(exc, scan.dev, off)
             if last not in scan.findings:
                 scan.findings.append(last)
-    if doc is None:
+    if not good:
         raise last or MediaError(scan.name, 0, f"generation {generation} not on this device")
     return doc
 
@@ -291,12 +297,12 @@ def choose_generation(scans: list[DeviceScan]) -> Choice:
 def _verified_holders(
     holders: list[DeviceScan], gen: int, digest: bytes
 ) -> tuple[dict | None, list[DeviceScan]]:
-    """Read generation *gen* on every holder; keep those whose payload verifies."""
+    """Check generation *gen* on every holder; decode it once, from the first good one."""
     doc: dict | None = None
     verified = []
     for s in holders:
         try:
-            d = read_config(s, gen, digest)
+            d = read_config(s, gen, digest, decode=doc is None)
         except MediaError:
             continue
         verified.append(s)

@@ -159,18 +159,39 @@ class Pool:
         return any(v.name == name for v in self.volumes)
 
     def copy(self) -> Pool:
-        return Pool.from_dict(self.to_dict())
+        """A deep copy (Areas are frozen and shared)."""
+        return dataclasses.replace(
+            self,
+            features=list(self.features),
+            devices=[dataclasses.replace(d, paths=list(d.paths)) for d in self.devices],
+            volumes=[
+                dataclasses.replace(
+                    v, hosts=list(v.hosts),
+                    segments=[dataclasses.replace(s, areas=[list(leg) for leg in s.areas])
+                              for s in v.segments],
+                )
+                for v in self.volumes
+            ],
+            operations=[dict(op) for op in self.operations],
+        )
 
     # -- serialisation -----------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["version"] = CONFIG_VERSION
-        for v in d["volumes"]:
-            for s in v["segments"]:
-                # compact form: [[dev, start], ...] per leg
-                s["areas"] = [[[a["device"], a["start"]] for a in leg] for leg in s["areas"]]
-        return d
+        """The JSON document of this configuration (see man/vvfs.5)."""
+        return {
+            "version": CONFIG_VERSION,
+            "uuid": self.uuid,
+            "name": self.name,
+            "extent_size": self.extent_size,
+            "generation": self.generation,
+            "created": self.created,
+            "active_host": self.active_host,
+            "features": list(self.features),
+            "devices": [_device_dict(d) for d in self.devices],
+            "volumes": [_volume_dict(v) for v in self.volumes],
+            "operations": [dict(op) for op in self.operations],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Pool:
@@ -271,3 +292,25 @@ class Pool:
                     raise ConfigError(
                         f"extent {s2} of device {devs[dev_uuid].name} used by {v1} and {v2}"
                     )
+
+
+_DEVICE_FIELDS = [f.name for f in dataclasses.fields(Device)]
+_VOLUME_FIELDS = [f.name for f in dataclasses.fields(Volume) if f.name != "segments"]
+
+
+def _device_dict(d: Device) -> dict[str, Any]:
+    out = {name: getattr(d, name) for name in _DEVICE_FIELDS}
+    out["paths"] = list(d.paths)
+    return out
+
+
+def _volume_dict(v: Volume) -> dict[str, Any]:
+    out = {name: getattr(v, name) for name in _VOLUME_FIELDS}
+    out["hosts"] = list(v.hosts)
+    out["segments"] = [
+        {"start": s.start, "length": s.length, "stripes": s.stripes,
+         "stripe_size": s.stripe_size,
+         "areas": [[[a.device, a.start] for a in leg] for leg in s.areas]}
+        for s in v.segments
+    ]
+    return out

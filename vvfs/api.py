@@ -547,6 +547,13 @@ class Manager:
             new = self._commit(op, mapper.create_volume(op.pool, spec))
             return new.volume(spec.name)
 
+    def create_volumes(self, pool_name: str, specs: list[mapper.VolumeSpec]) -> list[Volume]:
+        """Create several volumes of one pool in a single commit (all or nothing)."""
+        with self._changing(pool_name) as op:
+            new = self._commit(op, mapper.create_volumes(op.pool, specs))
+            names = {s.name for s in specs}
+            return [v for v in new.volumes if v.name in names]
+
     def list_volumes(self, pool_name: str) -> list[Volume]:
         with self._reading(pool_name) as op:
             return list(op.pool.volumes)
