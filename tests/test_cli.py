@@ -414,3 +414,19 @@ def test_media_wins_over_a_stale_catalog(tmp_path, tank, vv):
             p.unlink()
     copy_sparse(snapshot, state / "catalog.sqlite")
     assert [v["name"] for v in vv("volume", "list", "tank", "--json").json()] == ["a"]
+
+
+def test_tables_are_printed(tank, vv):
+    assert vv("volume", "create", "tank/a", "--size", "8M", "--mirrors", "2").code == 0
+    for args, words in [
+        (("pool", "list"), ["POOL", "tank"]),
+        (("pool", "show", "tank"), ["DEVICE", "VOLUME", "a"]),
+        (("volume", "list", "tank"), ["VOLUME", "a", "2 mirrors"]),
+        (("volume", "show", "tank/a"), ["SEG", "LEG", "d0"]),
+        (("device", "list", "tank"), ["DEVICE", "d2"]),
+        (("class", "list", "tank"), ["TIER", "PROTECTION"]),
+    ]:
+        r = vv(*args)
+        assert r.code == 0, (args, r.err)
+        for w in words:
+            assert w in r.out, (args, w, r.out)
