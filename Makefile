@@ -12,9 +12,9 @@ DEMO_DIR ?= $(CURDIR)/demo
 
 # Debian packages the product, the demo and the tests use (program -> package).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config fio e2fsprogs xfsprogs btrfs-progs \
-                gdisk fdisk util-linux mdadm lvm2 kmod python3-venv
+                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv
 DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fsprogs \
-                mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk sfdisk:fdisk wipefs:util-linux mdadm:mdadm \
+                mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk sfdisk:fdisk wipefs:util-linux mdadm:mdadm groff:groff-base \
                 pvcreate:lvm2
 
 .PHONY: all deps venv test test-fast demo demo-stop bench lint clean
@@ -56,7 +56,24 @@ demo: venv
 demo-stop:
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH DEMO_DIR=$(DEMO_DIR) bash tools/demo.sh stop
 
+# The peers the benchmark runs beside vvfs (program:Debian package); Debian 12
+# ships qemu-storage-daemon in qemu-system-common.
+BENCH_PROGRAMS := qemu-storage-daemon:qemu-system-common nbdkit:nbdkit nbdfuse:libnbd-bin
+
 bench: venv
+	@missing=""; \
+	for pair in $(BENCH_PROGRAMS); do \
+	  prog=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make bench: run as root to install$$missing" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PY) -c 'import matplotlib' 2>/dev/null && test -x $(VENV)/bin/py-spy || \
+	  $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: venv

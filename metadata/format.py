@@ -50,12 +50,14 @@ DEFAULT_SLOTS = 8
 #: Default size of each metadata area copy; holds 10,000 volumes (bench/).
 DEFAULT_METADATA_SIZE = 16 << 20
 MIN_METADATA_SIZE = SLOTS_OFFSET + DEFAULT_SLOTS * 8192
+MAX_METADATA_SIZE = 1 << 30
+FEATURES_FIELD = 256
 
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
 #: Incompatible features this reader knows.  A label naming any other is
-#: refused by name (see "Features" in man/vvfs.5).
+#: refused by name (see COMPATIBILITY in man/vvfs.5).
 KNOWN_INCOMPAT: frozenset[str] = frozenset()
 KNOWN_COMPAT: frozenset[str] = frozenset()
 
@@ -188,10 +190,13 @@ def plan_geometry(
     slot_count: int = DEFAULT_SLOTS,
 ) -> Geometry:
     """Lay out a device of *device_size* bytes; raise GeometryError if it cannot hold one extent."""
-    if area_size % BLOCK or area_size < MIN_METADATA_SIZE:
+    if area_size % BLOCK or not MIN_METADATA_SIZE <= area_size <= MAX_METADATA_SIZE:
         raise GeometryError(
-            f"metadata size must be a multiple of 4 KiB and at least {MIN_METADATA_SIZE // 1024} KiB"
+            f"metadata size must be a multiple of 4 KiB from {MIN_METADATA_SIZE // 1024} KiB"
+            f" to {MAX_METADATA_SIZE >> 20} MiB"
         )
+    if slot_count < 2:
+        raise GeometryError("a metadata area needs at least two slots")
     size = device_size - device_size % BLOCK
     slot_size = (area_size - SLOTS_OFFSET) // slot_count
     slot_size -= slot_size % BLOCK
@@ -223,6 +228,9 @@ class Label:
 
     def pack(self) -> bytes:
         g = self.geometry
+        for what, names in (("incompatible", self.incompat), ("compatible", self.compat)):
+            if len(",".join(sorted(names))) > FEATURES_FIELD:
+                raise ValueError(f"{what} feature names do not fit {FEATURES_FIELD} bytes")
         body = LABEL.pack(
             LABEL_MAGIC, FORMAT_VERSION, LABEL_SIZE, _ub(self.pool_uuid), _ub(self.device_uuid),
             g.device_size, g.extent_size, LABEL_A_OFFSET, g.label_b, g.area_a, g.area_b,
@@ -257,7 +265,7 @@ def _check_geometry(g: Geometry, device: str, offset: int) -> None:
     problems = []
     if g.extent_size <= 0 or g.extent_size & (g.extent_size - 1):
         problems.append("extent size not a power of two")
-    if g.slot_count < 1 or g.slot_size < 2 * SLOT_HEADER_SIZE:
+    if g.slot_count < 2 or g.slot_size < 2 * SLOT_HEADER_SIZE:
         problems.append("bad slot geometry")
     if SLOTS_OFFSET + g.slot_count * g.slot_size > g.area_size:
         problems.append("slots overflow the metadata area")

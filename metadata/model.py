@@ -49,6 +49,19 @@ DEVICE_STATES = ("ok", "failed")
 READ_POLICIES = ("balanced", "primary", "first")
 
 
+class UnsupportedConfigError(ConfigError):
+    """A configuration written by a newer vvfs (unknown version or feature).
+
+    Never treated as damage: a reader that meets one refuses to open the
+    pool, so that it cannot roll back what a newer vvfs committed.
+    """
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
 def new_uuid() -> str:
     return str(uuidlib.uuid4())
 
@@ -198,19 +211,22 @@ class Pool:
         try:
             version = d.get("version")
             if version != CONFIG_VERSION:
-                raise ConfigError(f"unsupported configuration version {version!r}")
+                raise UnsupportedConfigError(
+                    f"configuration version {version!r} is not supported by this vvfs"
+                    f" (it reads version {CONFIG_VERSION})")
             unknown = sorted(set(d.get("features", [])) - KNOWN_FEATURES)
             if unknown:
-                raise ConfigError(
+                raise UnsupportedConfigError(
                     "configuration needs features this vvfs does not know: " + ", ".join(unknown)
                 )
-            devices = [Device(**dev) for dev in d["devices"]]
+            # Keys this reader does not know are compatible additions: ignored.
+            devices = [Device(**_known(Device, dev)) for dev in d["devices"]]
             volumes = []
             for v in d["volumes"]:
-                v = dict(v)
+                v = _known(Volume, v)
                 segs = []
                 for s in v.pop("segments"):
-                    s = dict(s)
+                    s = _known(Segment, s)
                     areas = [
                         [Area(DeviceUUID(str(dev)), int(start)) for dev, start in leg]
                         for leg in s.pop("areas")

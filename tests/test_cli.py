@@ -430,3 +430,20 @@ def test_tables_are_printed(tank, vv):
         assert r.code == 0, (args, r.err)
         for w in words:
             assert w in r.out, (args, w, r.out)
+
+
+def test_device_with_a_newer_label_feature_is_named_not_ignored(tmp_path, tank, vv):
+    from metadata import format as fmt
+    from metadata.blockdev import FileDevice
+    from metadata.media import read_label
+
+    with FileDevice(tank[1]) as dev:
+        label, _ = read_label(dev)
+        newer = fmt.Label(label.pool_uuid, label.device_uuid, label.geometry, label.created,
+                          frozenset({"thin-volumes"}))
+        for off in label.geometry.label_offsets:
+            dev.pwrite(newer.pack(), off)
+    pools = vv("scan", str(tmp_path), "--json").json()["pools"]
+    assert any("thin-volumes" in " ".join(p["problems"]) for p in pools)
+    r = vv("volume", "create", "tank/a", "--size", "4M")
+    assert r.code == 1 and "thin-volumes" in r.err

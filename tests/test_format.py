@@ -241,3 +241,46 @@ def test_oversized_configuration_refused(tmp_path):
     with pytest.raises(media.CommitError, match="does not fit"):
         media.commit_generation(targets, big)
     assert reopen(targets).generation == 1
+
+
+def test_generation_with_unknown_feature_is_refused_not_rolled_back(tmp_path):
+    pool, targets = make_pool(tmp_path)
+    newer = next_gen(pool, 2)
+    doc = newer.to_dict()
+    doc["features"] = ["frobnicate"]
+    enc, payload = fmt.encode_payload(doc)
+    digest = fmt.payload_digest(payload)
+    for t in targets:
+        for copy in (0, 1):
+            t.dev.pwrite(fmt.pack_slot(pool.uuid, t.label.device_uuid, 2, enc, payload,
+                                       t.label.geometry.max_payload),
+                         fmt.slot_offset(t.label.geometry, copy, 2))
+            t.dev.pwrite(fmt.pack_commit(pool.uuid, 2, digest),
+                         fmt.commit_offset(t.label.geometry, copy, 2))
+    with pytest.raises(UnsupportedFeatureError, match="frobnicate"):
+        reopen(targets)
+
+
+def test_unknown_keys_are_compatible_additions():
+    pool = Pool(uuid=new_uuid(), name="tank", extent_size=EXTENT, generation=1)
+    pool.devices.append(Device(uuid=new_uuid(), name="d0", size=DEV_SIZE, data_start=1 << 20,
+                               extent_count=10))
+    doc = pool.to_dict()
+    doc["devices"][0]["future_key"] = 1
+    doc["future_top"] = {"x": 1}
+    assert Pool.from_dict(doc).to_dict() == pool.to_dict()
+
+
+def test_slot_of_a_newer_format_version_is_refused(tmp_path):
+    import hashlib
+    import struct
+
+    pool, targets = make_pool(tmp_path)
+    g = targets[0].label.geometry
+    off = fmt.slot_offset(g, 0, 1)
+    raw = bytearray(targets[0].dev.pread(fmt.SLOT_HEADER_SIZE, off))
+    struct.pack_into("<I", raw, 8, 99)
+    raw[-32:] = hashlib.sha256(bytes(raw[:-32])).digest()
+    targets[0].dev.pwrite(bytes(raw), off)
+    with pytest.raises(UnsupportedFeatureError, match="version 99"):
+        reopen(targets)

@@ -21,6 +21,8 @@ class Found:
     pools: dict[str, list[DeviceScan]] = field(default_factory=dict)
     #: device uuid -> paths of every device carrying it, where more than one
     duplicates: dict[str, list[str]] = field(default_factory=dict)
+    #: path -> why a device written by a newer vvfs cannot be read here
+    unsupported: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         for scans in self.pools.values():
@@ -137,6 +139,8 @@ def discover(paths: Iterable[str], *, readonly: bool = True,
             log.debug("skipping %s: %s", path, exc)
             dev.close()
             continue
+        if scan.unsupported:
+            found.unsupported[path] = str(scan.unsupported[0])
         if scan.label is None:
             dev.close()
             continue

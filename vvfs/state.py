@@ -128,6 +128,9 @@ class StateDir:
                 raise
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{what} (pid {os.getpid()})\n".encode(), 0)
-            yield
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)
