@@ -39,6 +39,9 @@ class QuietError(Exception):
 def exit_code_for(exc: BaseException) -> int:
     from vvfs.state import LockedError
 
+    remote = getattr(exc, "exit_code", None)  # a refusal by the running node (vvfs.client)
+    if isinstance(remote, int):
+        return remote
     if isinstance(exc, LockedError):
         return EXIT_LOCKED
     if isinstance(exc, (DeviceIOError, MediaError)):
@@ -102,6 +105,19 @@ def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+def print_table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """Columns padded to their widest cell; the header bold on a terminal."""
+    cells = [[str(x) for x in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = []
+    if title:
+        lines.append(title)
+    header = "  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()
+    lines.append(click.style(header, bold=True) if sys.stdout.isatty() else header)
+    lines.extend("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in cells)
+    click.echo("\n".join(lines))
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
@@ -109,14 +125,19 @@ def setup_logging(verbose: int) -> None:
 
 
 def pass_manager(f: F) -> F:
-    """Give the command a vvfs.api.Manager for --state-dir, closed afterwards."""
+    """Give the command a Manager for --state-dir, closed afterwards.
+
+    When a node runs on the state directory this is a vvfs.client.ManagerProxy
+    whose calls go through the node's admin socket; else a vvfs.api.Manager
+    working on the media directly.
+    """
 
     @state_dir_option
     @functools.wraps(f)
     def wrapper(*args: Any, state_dir: str | None, **kwargs: Any) -> Any:
-        from vvfs.api import Manager
+        from vvfs.client import open_manager
 
-        with Manager(state_dir) as mgr:
+        with open_manager(state_dir) as mgr:
             return f(mgr, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from metadata import format as fmt
 from metadata import media
 from metadata.blockdev import DeviceIOError, FileDevice
 from metadata.catalog import Catalog
-from metadata.errors import NoValidGenerationError, VVError
+from metadata.errors import NoValidGenerationError, UnsupportedFeatureError, VVError
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID, Volume, check_name, new_uuid
 
 from . import probe
@@ -168,6 +168,11 @@ class Manager:
         found = discover(list(remembered.values()), readonly=False)
         scans = found.pools.pop(uuid, [])
         found.close()
+        if found.unsupported:
+            for s in scans:
+                s.dev.close()
+            path, why = next(iter(found.unsupported.items()))
+            raise RefusedError(why)
         have = {s.device_uuid for s in scans}
         if set(remembered) - have:
             extra = discover(self.state.config.search_paths, readonly=False,
@@ -350,6 +355,7 @@ class Manager:
             self.catalog.sync_pool(pool, {d.uuid: d.paths[0] for d in pool.devices})
             for p in paths:
                 self._remember_dir(p)
+            self._changed(pool.uuid, pool)
             return pool
 
     def list_pools(self) -> list[dict]:
@@ -454,6 +460,11 @@ class Manager:
         found = discover(paths or self.state.config.search_paths)
         try:
             reports = [self._report(uuid, scans) for uuid, scans in found.pools.items()]
+            labelled = {s.name for scans in found.pools.values() for s in scans}
+            for path, why in found.unsupported.items():
+                if path not in labelled:
+                    reports.append(PoolReport("?", "?", None, "newer format", None, False,
+                                              {"?": path}, problems=[why]))
             return reports, found.duplicates
         finally:
             found.close()
@@ -461,8 +472,10 @@ class Manager:
     def _report(self, uuid: str, scans: list[media.DeviceScan]) -> PoolReport:
         try:
             choice = media.choose_generation(scans)
-        except NoValidGenerationError as exc:
-            return PoolReport(uuid, "?", None, "unreadable", None, False,
+        except (NoValidGenerationError, UnsupportedFeatureError) as exc:
+            status = ("newer format" if isinstance(exc, UnsupportedFeatureError)
+                      else "unreadable")
+            return PoolReport(uuid, "?", None, status, None, False,
                               {s.device_uuid or "?": s.name for s in scans}, problems=[str(exc)])
         pool = choice.pool
         listed = {d.uuid for d in pool.devices}

@@ -1,0 +1,181 @@
+"""The admin API's wire format: API values to JSON and back, and error codes.
+
+Both ends of the admin socket (:mod:`vvfs.admin`, :mod:`vvfs.client`) use
+this module, so that a :class:`vvfs.api.Manager` call made through a running
+node takes and returns exactly the values it would offline.
+
+Encoding
+--------
+JSON values (``None``, booleans, numbers, strings, lists, and dicts with
+string keys) stand for themselves.  Every other value is a *tagged object*
+``{"$type": NAME, "value": V}``:
+
+=================  ===========================================================
+NAME               V
+=================  ===========================================================
+``tuple``          a list of encoded items (``list_devices`` returns a tuple)
+``dict``           an encoded dict that itself has a ``"$type"`` key (escape)
+``Pool``           ``Pool.to_dict()`` (the document a metadata slot holds)
+``Volume``         the volume's fields; segments as ``{"start", "length",
+                   "stripes", "stripe_size", "areas": [[{"device", "start"}]]}``
+``Device`` ...     the fields of the dataclass or named tuple, each encoded:
+                   ``Device``, ``VolumeSpec``, ``PoolReport``, ``PoolShow``,
+                   ``DeviceUsage``, ``ClassUsage``
+=================  ===========================================================
+
+Decoding builds only these types; anything else is a :class:`CodecError`.
+Nothing here blocks or awaits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import mapper
+from metadata.blockdev import DeviceIOError
+from metadata.errors import ConfigError, MediaError, VVError
+from metadata.model import Area, Device, Pool, Segment, Volume
+
+from .api import PoolReport, PoolShow
+from .state import LockedError
+
+TAG = "$type"
+
+#: The :class:`vvfs.api.Manager` methods callable through the admin socket:
+#: every public method a ``vv`` command uses, nothing else.
+API_METHODS: frozenset[str] = frozenset({
+    "create_pool", "list_pools", "show_pool", "export_pool", "import_pool", "destroy_pool",
+    "scan", "add_device", "remove_device", "list_devices", "list_classes",
+    "create_volume", "list_volumes", "show_volume", "remove_volume", "resize_volume",
+    "rename_volume", "rebuild_catalog",
+})
+
+# Exit statuses of the command lines (the same numbers as tools/common.py).
+EXIT_FAILED = 1
+EXIT_IO = 3
+EXIT_LOCKED = 4
+
+
+class CodecError(VVError):
+    """A value cannot be encoded, or a document is not a valid encoding."""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status a command line gives for *exc* (see tools/common.py)."""
+    if isinstance(exc, LockedError):
+        return EXIT_LOCKED
+    if isinstance(exc, (DeviceIOError, MediaError)):
+        return EXIT_IO
+    return EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------
+# per-type encoders and decoders
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def _from_fields(cls: type) -> Callable[[Any], Any]:
+    def build(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise CodecError(f"{cls.__name__}: expected an object")
+        return cls(**{k: decode(v) for k, v in value.items()})
+
+    return build
+
+
+def _named_tuple(obj: Any) -> dict[str, Any]:
+    return {k: encode(v) for k, v in obj._asdict().items()}
+
+
+def _volume(v: Volume) -> dict[str, Any]:
+    return dataclasses.asdict(v)
+
+
+def _volume_from(value: Any) -> Volume:
+    d = dict(value)
+    segments = []
+    for s in d.pop("segments"):
+        s = dict(s)
+        areas = [[Area(**a) for a in leg] for leg in s.pop("areas")]
+        segments.append(Segment(areas=areas, **s))
+    return Volume(segments=segments, **d)
+
+
+def _pool_from(value: Any) -> Pool:
+    try:
+        return Pool.from_dict(value)
+    except ConfigError as exc:
+        raise CodecError(f"Pool: {exc}") from None
+
+
+_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    Pool: Pool.to_dict,
+    Volume: _volume,
+    Device: _fields,
+    mapper.VolumeSpec: _fields,
+    PoolReport: _fields,
+    PoolShow: _fields,
+    mapper.DeviceUsage: _named_tuple,
+    mapper.ClassUsage: _named_tuple,
+}
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "Pool": _pool_from,
+    "Volume": _volume_from,
+    "Device": _from_fields(Device),
+    "VolumeSpec": _from_fields(mapper.VolumeSpec),
+    "PoolReport": _from_fields(PoolReport),
+    "PoolShow": _from_fields(PoolShow),
+    "DeviceUsage": _from_fields(mapper.DeviceUsage),
+    "ClassUsage": _from_fields(mapper.ClassUsage),
+    "tuple": lambda value: tuple(decode(v) for v in value),
+    "dict": lambda value: {k: decode(v) for k, v in value.items()},
+}
+
+
+# ---------------------------------------------------------------------------
+# the two entry points
+
+
+def encode(obj: Any) -> Any:
+    """Return a JSON-ready form of *obj* (see the module docstring)."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    enc = _ENCODERS.get(type(obj))
+    if enc is not None:
+        return {TAG: type(obj).__name__, "value": enc(obj)}
+    if isinstance(obj, tuple):
+        return {TAG: "tuple", "value": [encode(v) for v in obj]}
+    if isinstance(obj, list):
+        return [encode(v) for v in obj]
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise CodecError("cannot encode a dict with keys that are not strings")
+        doc = {k: encode(v) for k, v in obj.items()}
+        return {TAG: "dict", "value": doc} if TAG in obj else doc
+    raise CodecError(f"cannot encode a value of type {type(obj).__name__}")
+
+
+def decode(doc: Any) -> Any:
+    """Rebuild the value that :func:`encode` turned into *doc*."""
+    if isinstance(doc, list):
+        return [decode(v) for v in doc]
+    if not isinstance(doc, dict):
+        return doc
+    if TAG not in doc:
+        return {k: decode(v) for k, v in doc.items()}
+    name = doc[TAG]
+    dec = _DECODERS.get(name) if isinstance(name, str) else None
+    if dec is None:
+        raise CodecError(f"unknown value type {name!r}")
+    try:
+        return dec(doc.get("value"))
+    except CodecError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CodecError(f"malformed {name} value: {exc}") from None
