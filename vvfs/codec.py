@@ -46,7 +46,8 @@ TAG = "$type"
 #: The :class:`vvfs.api.Manager` methods callable through the admin socket:
 #: every public method a ``vv`` command uses, nothing else.
 API_METHODS: frozenset[str] = frozenset({
-    "create_pool", "list_pools", "show_pool", "export_pool", "import_pool", "destroy_pool",
+    "create_pool", "create_volumes", "list_pools", "show_pool", "export_pool", "import_pool",
+    "destroy_pool",
     "scan", "add_device", "remove_device", "list_devices", "list_classes",
     "create_volume", "list_volumes", "show_volume", "remove_volume", "resize_volume",
     "rename_volume", "rebuild_catalog",
