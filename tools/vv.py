@@ -6,19 +6,21 @@ import dataclasses
 from typing import Any
 
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 import mapper
 from mapper.units import human_size
 from metadata.model import Pool, Volume
 
-from .common import SIZE, json_option, pass_manager, print_json, run_cli, setup_logging
-
-console = Console(highlight=False)
-if not console.is_terminal:
-    console.width = 200
+from .common import (
+    SIZE,
+    json_option,
+    pass_manager,
+    print_json,
+    print_table,
+    run_cli,
+    setup_logging,
+    state_dir_option,
+)
 
 EXIT_STATUS_HELP = """
 Exit status: 0 success; 1 request refused or failed (nothing changed);
@@ -27,13 +29,8 @@ Exit status: 0 success; 1 request refused or failed (nothing changed);
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
-    t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, header_style="bold",
-              pad_edge=False)
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*[str(x) for x in r])
-    console.print(t)
+    """Print an aligned table (plain text: fast for 10,000 rows, easy to grep)."""
+    print_table(columns, rows, title)
 
 
 @click.group(epilog=EXIT_STATUS_HELP)
@@ -407,6 +404,67 @@ def volume_rename(mgr, path: str, new_name: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# status
+
+
+@cli.command("status")
+@json_option
+@state_dir_option
+def status(as_json: bool, state_dir: str | None) -> None:
+    """Show the running node: pools, devices, volumes and who has them open.
+
+    With no node running, say so and list the pools imported on this host.
+    """
+    from vvfs.api import Manager
+    from vvfs.client import NodeClient, node_socket
+
+    sock = node_socket(state_dir)
+    if sock is None:
+        with Manager(state_dir) as mgr:
+            return _offline_status(mgr.state.path, mgr.list_pools(), as_json)
+    with NodeClient(sock) as client:
+        doc = client.status()
+    if as_json:
+        return print_json({"running": True, "socket": sock, **doc})
+    click.echo(f"node pid {doc.get('pid', '?')}  socket {sock}"
+               + (f"  mounted at {doc['mountpoint']}" if doc.get("mountpoint") else ""))
+    for p in doc.get("pools", []):
+        _pool_status(p)
+
+
+def _offline_status(state_dir: str, pools: list[dict], as_json: bool) -> None:
+    if as_json:
+        return print_json({"running": False, "state_dir": state_dir, "pools": pools})
+    click.echo(f"no node is running (state directory {state_dir});"
+               + (" imported pools:" if pools else " no pools are imported"))
+    if pools:
+        table(None, ["POOL", "UUID", "GEN", "DEVICES", "VOLUMES", "SIZE", "FREE"],
+              [[r["name"], r["uuid"], r["generation"], r["devices"], r["volumes"],
+                human_size(r["size"]), human_size(r["free"])] for r in pools])
+
+
+def _entries(value: Any) -> list[dict]:
+    """A status list of entries, also when given as a mapping of name -> entry."""
+    if isinstance(value, dict):
+        return [{"name": k, **(v if isinstance(v, dict) else {"state": v})}
+                for k, v in value.items()]
+    return list(value or [])
+
+
+def _pool_status(p: dict) -> None:
+    click.echo("")
+    click.echo(f"pool {p.get('name', '?')}  uuid {p.get('uuid', '?')}"
+               f"  generation {p.get('generation', '?')}")
+    table(None, ["DEVICE", "PATH", "STATE"],
+          [[d.get("name", "?"), d.get("path") or "-", d.get("state", "?")]
+           for d in _entries(p.get("devices"))])
+    table(None, ["VOLUME", "SIZE", "OPEN", "PIDS"],
+          [[v.get("name", "?"), human_size(v["size"]) if "size" in v else "?",
+            v.get("open", 0), ",".join(str(x) for x in v.get("pids") or []) or "-"]
+           for v in _entries(p.get("volumes"))])
+
+
+# ---------------------------------------------------------------------------
 # catalog
 
 
@@ -422,6 +480,12 @@ def catalog_rebuild(mgr, search: tuple[str, ...]) -> None:
     """Recreate the catalog from the media of this host's pools."""
     names = mgr.rebuild_catalog(list(search))
     click.echo(f"catalog rebuilt: {len(names)} pools" + (f" ({', '.join(names)})" if names else ""))
+
+
+from .vv_mount import mount as _mount_cmd, umount as _umount_cmd  # noqa: E402
+
+cli.add_command(_mount_cmd)
+cli.add_command(_umount_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,332 @@
+"""Volume I/O: reads, writes and flushes of volumes over their maps.
+
+A :class:`VolumeIO` turns a request on volume bytes into device calls:
+``VolumeMap.resolve`` gives the pieces, pieces that continue each other on
+one device are merged into one vectored call (a stripe row, a run of linear
+segments), and the calls run concurrently on the node's
+:class:`~vvfs.devio.DataDevice` objects.  A :class:`PoolIO` holds one
+pool's devices and volumes and swaps in new configurations.
+
+Concurrency (every statement holds between two ``await`` points of the one
+trio thread; no locks are needed or taken on this path):
+
+* **read**: each piece is read from one leg -- round-robin over the legs per
+  piece for the ``balanced`` policy (and, for now, ``first``), leg 0 for
+  ``primary`` -- skipping legs whose device is not open.  The reply waits
+  for every device call.
+* **write**: every piece goes to *every* leg; the request completes only
+  when every device call of every leg has completed.  A failure of any call
+  fails the whole request (``DeviceIOError``, EIO at the FUSE boundary); the
+  other calls are still waited for, so no call is left running behind a
+  reply.  (Degrading a mirror instead of failing is a later issue.)
+* **flush**: every device the volume maps is flushed concurrently; a device
+  with no write completed since its last flush returns at once (see
+  ``vvfs.devio``).  So a flush covers every write that completed before it.
+* **cancellation**: device calls run in worker threads that are never
+  abandoned; a cancelled request returns only after its in-flight calls
+  have finished.  Like a crash, a cancelled write may have reached some
+  legs and not others; the range holds old or new bytes per leg.
+* **map swaps**: :meth:`VolumeIO.swap` replaces the map between requests; a
+  request in flight keeps the map it resolved with.  Only growing and
+  renaming are applied to volumes that are open (the node refuses to remove
+  or shrink an open volume), so the old map stays valid for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from mapper.layout import Loc, Piece, VolumeMap
+from metadata.blockdev import DeviceIOError
+from metadata.errors import VVError
+from metadata.model import DeviceUUID, Pool, PoolUUID, Volume, VolumeUUID
+
+from .devio import IOV_MAX, DataDevice
+
+log = logging.getLogger(__name__)
+
+
+Job = Callable[[], Awaitable[None]]
+
+
+class NoSpaceError(VVError):
+    """A write starts at or beyond the end of the volume."""
+
+
+@dataclass
+class _Call:
+    """One device call: consecutive device bytes from *offset* into/from *bufs*."""
+
+    device: DeviceUUID
+    offset: int
+    bufs: list[memoryview] = field(default_factory=list)
+    length: int = 0
+
+
+@dataclass
+class VolumeStats:
+    reads: int = 0
+    writes: int = 0
+    flushes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: int = 0
+
+
+class VolumeIO:
+    """Reads and writes of one volume (see the module docstring).
+
+    *devices* is the pool's live device table (shared with :class:`PoolIO`,
+    so devices opened later are seen).  ``handles`` maps the FUSE file
+    handles open on this volume to the pid that opened them.
+    """
+
+    def __init__(self, pool_uuid: PoolUUID, volume: Volume, vmap: VolumeMap,
+                 devices: Mapping[DeviceUUID, DataDevice]) -> None:
+        self.pool_uuid = pool_uuid
+        self.volume = volume
+        self.vmap = vmap
+        self.devices = devices
+        self.handles: dict[int, int] = {}
+        self.stats = VolumeStats()
+        self._rr = 0
+
+    @property
+    def uuid(self) -> VolumeUUID:
+        return self.volume.uuid
+
+    @property
+    def name(self) -> str:
+        return self.volume.name
+
+    @property
+    def size(self) -> int:
+        return self.vmap.size
+
+    def swap(self, volume: Volume, vmap: VolumeMap) -> None:
+        """Use a new configuration of this volume from the next request on."""
+        log.debug("volume %s: new map (%d bytes)", volume.name, vmap.size)
+        self.volume = volume
+        self.vmap = vmap
+
+    # -- requests -------------------------------------------------------------
+
+    async def read(self, offset: int, length: int) -> bytearray:
+        """Read up to *length* bytes at *offset*; short or empty past the end."""
+        length = max(0, min(length, self.size - offset))
+        out = bytearray(length)
+        if length:
+            view = memoryview(out)
+            calls = _plan(self.vmap.resolve(offset, length), offset, view, self._pick_leg)
+            await self._run(calls, read=True)
+        self.stats.reads += 1
+        self.stats.bytes_read += length
+        return out
+
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        """Write *data* at *offset* on every leg; return the bytes written.
+
+        A write that starts at or past the end raises :class:`NoSpaceError`;
+        one that crosses the end is cut short there (as on a block device).
+        """
+        if offset >= self.size:
+            raise NoSpaceError(f"volume {self.name}: write at byte {offset} is past its end"
+                               f" ({self.size} bytes)")
+        length = min(len(data), self.size - offset)
+        view = memoryview(data)[:length]
+        pieces = self.vmap.resolve(offset, length)
+        calls: list[_Call] = []
+        for leg in range(max((len(p.legs) for p in pieces), default=0)):
+            mine = [p for p in pieces if len(p.legs) > leg]
+            calls += _plan(mine, offset, view, functools.partial(_leg, leg))
+        await self._run(calls, read=False)
+        self.stats.writes += 1
+        self.stats.bytes_written += length
+        return length
+
+    async def flush(self) -> None:
+        """Flush every device of the volume concurrently (see module docstring)."""
+        devices = []
+        for uuid in self.vmap.devices():
+            dev = self.devices.get(uuid)
+            if dev is None:
+                raise DeviceIOError(uuid, 0, "device is missing; cannot flush")
+            devices.append(dev)
+        try:
+            await _gather([dev.flush for dev in devices])
+        except DeviceIOError:
+            self.stats.errors += 1
+            raise
+        self.stats.flushes += 1
+
+    def statistics(self) -> dict[str, object]:
+        s = self.stats
+        return {"name": self.name, "uuid": self.uuid, "size": self.size,
+                "reads": s.reads, "writes": s.writes, "bytes_read": s.bytes_read,
+                "bytes_written": s.bytes_written, "flushes": s.flushes, "errors": s.errors,
+                "open": len(self.handles), "pids": sorted(set(self.handles.values()))}
+
+    # -- internals --------------------------------------------------------------
+
+    def _pick_leg(self, piece: Piece) -> Loc:
+        legs = [loc for loc in piece.legs if loc.device in self.devices]
+        if not legs:
+            return piece.legs[0]  # _run reports the missing device
+        if self.volume.read_policy == "primary":
+            return legs[0]
+        self._rr += 1
+        return legs[self._rr % len(legs)]
+
+    async def _run(self, calls: list[_Call], *, read: bool) -> None:
+        jobs = []
+        for call in calls:
+            dev = self.devices.get(call.device)
+            if dev is None:
+                self.stats.errors += 1
+                raise DeviceIOError(call.device, call.offset, "device is missing")
+            fn = dev.preadv if read else dev.pwritev
+            jobs.append(_bind(fn, call))
+        try:
+            await _gather(jobs)
+        except DeviceIOError:
+            self.stats.errors += 1
+            raise
+
+
+def _leg(leg: int, piece: Piece) -> Loc:
+    return piece.legs[leg]
+
+
+def _bind(fn: Callable[[list[memoryview], int], Awaitable[None]], call: _Call) -> Job:
+    async def job() -> None:
+        await fn(call.bufs, call.offset)
+
+    return job
+
+
+def _plan(pieces: list[Piece], base: int, view: memoryview,
+          pick: Callable[[Piece], Loc]) -> list[_Call]:
+    """Device calls for *pieces*, merging pieces contiguous on one device."""
+    calls: list[_Call] = []
+    open_calls: dict[DeviceUUID, _Call] = {}
+    for p in pieces:
+        loc = pick(p)
+        buf = view[p.offset - base:p.offset - base + p.length]
+        call = open_calls.get(loc.device)
+        if call is None or call.offset + call.length != loc.offset or len(call.bufs) >= IOV_MAX:
+            call = _Call(loc.device, loc.offset)
+            calls.append(call)
+            open_calls[loc.device] = call
+        call.bufs.append(buf)
+        call.length += p.length
+    return calls
+
+
+async def _gather(jobs: list[Job]) -> None:
+    """Run *jobs* concurrently; wait for all; raise the first DeviceIOError.
+
+    Anything else a job raises propagates (as an exception group when
+    several jobs ran).
+    """
+    if len(jobs) == 1:
+        await jobs[0]()
+        return
+    errors: list[DeviceIOError] = []
+
+    async def guarded(job: Job) -> None:
+        try:
+            await job()
+        except DeviceIOError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(guarded, job)
+    for exc in errors[1:]:
+        log.warning("also failed: %s", exc)
+    if errors:
+        raise errors[0]
+
+
+@dataclass
+class PoolChange:
+    """What a new configuration changed in a pool's volumes."""
+
+    added: list[VolumeIO] = field(default_factory=list)
+    removed: list[VolumeIO] = field(default_factory=list)
+    #: (configuration before, the volume now) for resized, renamed or re-owned volumes
+    changed: list[tuple[Volume, VolumeIO]] = field(default_factory=list)
+    renamed_from: str | None = None
+
+
+class PoolIO:
+    """One pool's live devices and volumes.
+
+    *devices* (device uuid -> open DataDevice) is owned by the node, which
+    opens and closes devices; this object only reads it.
+    """
+
+    def __init__(self, pool: Pool, devices: dict[DeviceUUID, DataDevice]) -> None:
+        self.pool = pool
+        self.devices = devices
+        self.volumes: dict[VolumeUUID, VolumeIO] = {}
+        self.by_name: dict[str, VolumeIO] = {}
+        for v in pool.volumes:
+            self._add(VolumeIO(pool.uuid, v, VolumeMap(pool, v), devices))
+
+    @property
+    def uuid(self) -> PoolUUID:
+        return self.pool.uuid
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+    def _add(self, vio: VolumeIO) -> None:
+        self.volumes[vio.uuid] = vio
+        self.by_name[vio.name] = vio
+
+    def apply(self, pool: Pool) -> PoolChange:
+        """Swap in configuration *pool*; return what changed.
+
+        Maps are built first, so a configuration that does not resolve
+        raises ConfigError and changes nothing.
+        """
+        maps = {v.uuid: (v, VolumeMap(pool, v)) for v in pool.volumes}
+        change = PoolChange(renamed_from=self.pool.name if pool.name != self.pool.name else None)
+        for uuid, vio in list(self.volumes.items()):
+            if uuid not in maps:
+                change.removed.append(vio)
+                del self.volumes[uuid]
+        for uuid, (v, vmap) in maps.items():
+            known = self.volumes.get(uuid)
+            if known is None:
+                added = VolumeIO(pool.uuid, v, vmap, self.devices)
+                self.volumes[uuid] = added
+                change.added.append(added)
+            else:
+                old = known.volume
+                known.swap(v, vmap)
+                if _visible_change(old, v):
+                    change.changed.append((old, known))
+        self.by_name = {vio.name: vio for vio in self.volumes.values()}
+        self.pool = pool
+        return change
+
+    def open_names(self) -> set[str]:
+        """Names of this pool's volumes that have open file handles."""
+        return {vio.name for vio in self.volumes.values() if vio.handles}
+
+    async def flush(self) -> None:
+        """Flush every open device of the pool concurrently."""
+        await _gather([dev.flush for dev in self.devices.values()])
+
+
+def _visible_change(old: Volume, new: Volume) -> bool:
+    return (old.name, old.size, old.owner, old.group, old.mode, tuple(old.hosts)) != (
+        new.name, new.size, new.owner, new.group, new.mode, tuple(new.hosts))
