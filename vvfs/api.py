@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import mapper
@@ -220,7 +220,7 @@ class Manager:
             finally:
                 op.close()
 
-    def _commit(self, op: OpenPool, new: Pool, extra: list[media.Target] = ()) -> Pool:
+    def _commit(self, op: OpenPool, new: Pool, extra: Sequence[media.Target] = ()) -> Pool:
         """Commit *new* to every present, working device of it (plus *extra*)."""
         new.generation = op.choice.max_seen + 1
         new.check()
@@ -253,13 +253,12 @@ class Manager:
                 label, _errors = media.read_label(dev)
         except DeviceIOError as exc:
             raise RefusedError(str(exc)) from None
-        if label is not None and self.catalog.find_pool(label.pool_uuid) is not None:
-            row = self.catalog.find_pool(label.pool_uuid)
+        row = self.catalog.find_pool(label.pool_uuid) if label is not None else None
+        if row is not None:
             raise RefusedError(f"{path}: belongs to imported pool {row.name}; refusing to claim"
                                " it (--force does not override a device in use)")
         if label is not None and not force:
-            row = self.catalog.find_pool(label.pool_uuid)
-            owner = f"pool {row.name} " if row else ""
+            owner = ""
             raise RefusedError(
                 f"{path}: vvfs signature of {owner}{label.pool_uuid} at byte"
                 f" {fmt.LABEL_A_OFFSET}; use --force to claim it anyway"
@@ -377,6 +376,9 @@ class Manager:
     def export_pool(self, name: str) -> Pool:
         """Clear the pool's host stamp on media and forget it here."""
         with self._changing(name) as op:
+            if self.open_volumes is not None and self.open_volumes(op.pool.uuid):
+                raise RefusedError(f"pool {name} has open volumes: "
+                                   + ", ".join(sorted(self.open_volumes(op.pool.uuid))))
             new = op.pool.copy()
             new.active_host = None
             self._commit(op, new)
@@ -384,7 +386,7 @@ class Manager:
             self._changed(new.uuid, None)
             return new
 
-    def import_pool(self, key: str, *, search: list[str] = (), force: bool = False) -> Pool:
+    def import_pool(self, key: str, *, search: Sequence[str] = (), force: bool = False) -> Pool:
         """Find pool *key* (name or uuid) on the media and make it this host's."""
         with self._locked("vv pool import"):
             found = discover(list(search) + self.state.config.search_paths, readonly=False)
@@ -604,14 +606,14 @@ class Manager:
     # ------------------------------------------------------------------
     # catalog
 
-    def rebuild_catalog(self, search: list[str] = ()) -> list[str]:
+    def rebuild_catalog(self, search: Sequence[str] = ()) -> list[str]:
         """Recreate the catalog from media: every pool stamped with this host id."""
         with self._locked("vv catalog rebuild"):
             found = discover(list(search) + self.state.config.search_paths)
             try:
                 names = []
-                for uuid in [row.uuid for row in self.catalog.pools()]:
-                    self.catalog.drop_pool(uuid)
+                for known in [row.uuid for row in self.catalog.pools()]:
+                    self.catalog.drop_pool(known)
                 for uuid, scans in found.pools.items():
                     try:
                         choice = media.choose_generation(scans)
