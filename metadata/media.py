@@ -28,8 +28,14 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .blockdev import BlockDevice, DeviceIOError
-from .errors import ChecksumError, MediaError, NoValidGenerationError, VVError
-from .model import Pool
+from .errors import (
+    ChecksumError,
+    MediaError,
+    NoValidGenerationError,
+    UnsupportedFeatureError,
+    VVError,
+)
+from .model import Pool, UnsupportedConfigError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,9 @@ class DeviceScan:
     commits: dict[int, fmt.CommitRecord] = field(default_factory=dict)
     #: every problem seen on this device (bad checksums, torn slots, ...)
     findings: list[MediaError] = field(default_factory=list)
+    #: structures written by a newer vvfs (unknown version, encoding or
+    #: feature): the pool must not be opened, let alone changed, by this one
+    unsupported: list[MediaError] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -111,17 +120,27 @@ def _as_media(exc: VVError, dev: BlockDevice, offset: int) -> MediaError:
     return MediaError(dev.name, offset, str(exc))
 
 
-def scan_device(dev: BlockDevice) -> DeviceScan:
+def scan_device(dev: BlockDevice, label: fmt.Label | None = None) -> DeviceScan:
     """Read labels, area headers, commit rings and slot headers of one device.
 
     Never raises for bad media: every problem lands in ``findings``.  Only a
     device that cannot be read at all raises DeviceIOError.
+
+    *label* is used only when neither label copy is valid: a checker passes
+    a label it rebuilt (from a metadata area header) so that the areas of a
+    device whose labels are both lost can still be read.
     """
     scan = DeviceScan(dev)
     scan.label, scan.label_errors = read_label(dev)
-    scan.findings.extend(e for e in scan.label_errors if e is not None)
+    for e in scan.label_errors:
+        if isinstance(e, UnsupportedFeatureError):
+            scan.unsupported.append(e)
+        elif e is not None:
+            scan.findings.append(e)
     if scan.label is None:
-        return scan
+        if label is None:
+            return scan
+        scan.label = label
     g = scan.label.geometry
     for copy, area in enumerate(g.area_offsets):
         _scan_area(scan, copy, area)
@@ -134,9 +153,9 @@ def _scan_area(scan: DeviceScan, copy: int, area: int) -> None:
     g = label.geometry
     try:
         hdr = fmt.AreaHeader.unpack(dev.pread(fmt.AREA_HEADER_SIZE, area), dev.name, area)
-        if (hdr.pool_uuid, hdr.device_uuid, hdr.offset, hdr.size) != (
-            label.pool_uuid, label.device_uuid, area, g.area_size
-        ):
+        if (hdr.copy, hdr.pool_uuid, hdr.device_uuid, hdr.offset, hdr.size, hdr.slot_count,
+                hdr.slot_size) != (copy, label.pool_uuid, label.device_uuid, area, g.area_size,
+                                   g.slot_count, g.slot_size):
             raise MediaError(dev.name, area, "metadata area header does not match the label")
     except (MediaError, DeviceIOError) as exc:
         scan.area_errors[copy] = _as_media(exc, dev, area)
@@ -154,6 +173,9 @@ def _scan_area(scan: DeviceScan, copy: int, area: int) -> None:
         off = ring_off + i * fmt.SECTOR
         try:
             rec = fmt.unpack_commit(raw, dev.name, off)
+        except UnsupportedFeatureError as exc:
+            scan.unsupported.append(exc)
+            continue
         except MediaError as exc:
             scan.findings.append(exc)
             continue
@@ -172,6 +194,9 @@ def _scan_area(scan: DeviceScan, copy: int, area: int) -> None:
             continue
         try:
             hdr_s = fmt.unpack_slot_header(raw, dev.name, off)
+        except UnsupportedFeatureError as exc:
+            scan.unsupported.append(exc)
+            continue
         except MediaError as exc:
             scan.findings.append(exc)
             continue
@@ -244,6 +269,10 @@ def choose_generation(scans: list[DeviceScan]) -> Choice:
     *scans* are the present devices of one pool (same pool uuid).  Raises
     NoValidGenerationError when no generation qualifies.
     """
+    newer = [e for s in scans for e in s.unsupported]
+    if newer:
+        raise UnsupportedFeatureError(newer[0].device, newer[0].offset,
+                                      newer[0].what + "; refusing to open the pool")
     candidates: dict[tuple[int, bytes], list[DeviceScan]] = {}
     for s in scans:
         for gen, copies in s.slots.items():
@@ -267,6 +296,10 @@ def choose_generation(scans: list[DeviceScan]) -> Choice:
             continue
         try:
             pool = Pool.from_dict(doc)
+        except UnsupportedConfigError as exc:
+            where = holders[0].slots[gen][0].offset
+            raise UnsupportedFeatureError(holders[0].name, where, f"generation {gen}: {exc};"
+                                          " refusing to open the pool") from None
         except VVError as exc:
             holders[0].findings.append(MediaError(holders[0].name, 0,
                                                   f"generation {gen}: {exc}"))
@@ -337,6 +370,64 @@ def write_labels(dev: BlockDevice, label: fmt.Label) -> None:
     for off in label.geometry.label_offsets:
         dev.pwrite(raw, off)
         dev.flush()
+
+
+# ---------------------------------------------------------------------------
+# Repairs (vvfsck): rewrite or erase one structure, then flush
+
+
+def write_area_header(dev: BlockDevice, label: fmt.Label, copy: int) -> None:
+    """Rewrite the header of area *copy* from the label (the rings are left alone)."""
+    g = label.geometry
+    area = g.area_offsets[copy]
+    hdr = fmt.AreaHeader(copy, label.pool_uuid, label.device_uuid, area, g.area_size,
+                         g.slot_count, g.slot_size)
+    dev.pwrite(hdr.pack(), area)
+    dev.flush()
+
+
+def write_slot(dev: BlockDevice, label: fmt.Label, copy: int, generation: int, encoding: int,
+               payload: bytes, when: float) -> None:
+    """Write generation *generation* (its payload bytes as committed) into one slot copy."""
+    data = fmt.pack_slot(label.pool_uuid, label.device_uuid, generation, encoding, payload,
+                         label.geometry.max_payload, when)
+    dev.pwrite(data, fmt.slot_offset(label.geometry, copy, generation))
+    dev.flush()
+
+
+def write_commit_record(dev: BlockDevice, label: fmt.Label, copy: int,
+                        record: fmt.CommitRecord) -> None:
+    """Write *record* into its place in the commit ring of area *copy*."""
+    raw = fmt.pack_commit(record.pool_uuid, record.generation, record.digest, record.time)
+    dev.pwrite(raw, fmt.commit_offset(label.geometry, copy, record.generation))
+    dev.flush()
+
+
+def erase_slot(dev: BlockDevice, label: fmt.Label, copy: int, index: int) -> None:
+    """Zero the header of slot *index* of area *copy*: the slot is empty again."""
+    g = label.geometry
+    dev.pwrite(bytes(fmt.SLOT_HEADER_SIZE), g.area_offsets[copy] + fmt.SLOTS_OFFSET
+               + index * g.slot_size)
+    dev.flush()
+
+
+def erase_commit_record(dev: BlockDevice, label: fmt.Label, copy: int, index: int) -> None:
+    """Zero record *index* of the commit ring of area *copy*."""
+    off = label.geometry.area_offsets[copy] + fmt.COMMIT_RING_OFFSET + index * fmt.SECTOR
+    dev.pwrite(bytes(fmt.SECTOR), off)
+    dev.flush()
+
+
+def erase_metadata(dev: BlockDevice, label: fmt.Label) -> None:
+    """Erase both labels, area headers, commit rings and slot headers (data untouched)."""
+    g = label.geometry
+    for off in g.label_offsets:
+        dev.pwrite(bytes(fmt.LABEL_SIZE), off)
+    for area in g.area_offsets:
+        dev.pwrite(bytes(fmt.SLOTS_OFFSET), area)
+        for i in range(g.slot_count):
+            dev.pwrite(bytes(fmt.SLOT_HEADER_SIZE), area + fmt.SLOTS_OFFSET + i * g.slot_size)
+    dev.flush()
 
 
 @dataclass
