@@ -28,6 +28,7 @@ connection; none keeps a transaction open between calls.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -57,6 +58,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -195,6 +197,12 @@ class DeviceTable(Base):
     added: Mapped[float] = mapped_column(
         Float, comment="When the device joined the pool (POSIX s)."
     )
+    extra: Mapped[str] = mapped_column(
+        Text,
+        default="{}",
+        comment="JSON object of the device's configuration fields that have no column of"
+        " their own (fields added to the model later); '{}' = none.",
+    )
 
 
 class VolumeTable(Base):
@@ -237,6 +245,12 @@ class VolumeTable(Base):
         comment="Mirror read policy: 'balanced', 'primary' or 'first' (model.READ_POLICIES).",
     )
     created: Mapped[float] = mapped_column(Float, comment="When the volume was created (POSIX s).")
+    extra: Mapped[str] = mapped_column(
+        Text,
+        default="{}",
+        comment="JSON object of the volume's configuration fields that have no column of"
+        " their own (fields added to the model later); '{}' = none.",
+    )
 
 
 class VolumeHostTable(Base):
@@ -245,7 +259,7 @@ class VolumeHostTable(Base):
         Index("ix_volume_hosts_host", "host"),
         {
             "comment": "Presentation (LUN masking): a volume is visible to exactly the hosts"
-            " listed here; no row = presented to no host."
+            " listed here; no row = presented to every host."
         },
     )
 
@@ -459,18 +473,31 @@ class Catalog:
 
     # -- writing -----------------------------------------------------------
 
-    def sync_pool(self, pool: Pool, device_paths: Mapping[str, str]) -> None:
+    def sync_pool(
+        self, pool: Pool, device_paths: Mapping[str, str], previous: Pool | None = None
+    ) -> None:
         """Make the catalog's copy of *pool* exactly *pool*, in one transaction.
 
         *device_paths* maps device uuid to the path where this host last found
         the device; devices it does not name get a NULL ``path``.
+
+        *previous*, when given, is the configuration the catalog is believed
+        to hold: if the catalog's generation for the pool is indeed
+        ``previous.generation``, only the volumes that differ are rewritten
+        (a commit usually changes one volume of thousands).  Otherwise, or if
+        the volume order cannot be kept that way, every row is rewritten.
         """
         started = time.monotonic()
+        how = "rewrote"
         with self._write(f"cannot record pool {pool.name} in the catalog") as conn:
-            _delete_pool_rows(conn, pool.uuid)
-            _insert_pool_rows(conn, pool, device_paths)
+            if previous is not None and _sync_changes(conn, previous, pool, device_paths):
+                how = "updated"
+            else:
+                _delete_pool_rows(conn, pool.uuid)
+                _insert_pool_rows(conn, pool, device_paths)
         log.debug(
-            "catalog: synced pool %s generation %d (%d volumes) in %.3f s",
+            "catalog: %s pool %s generation %d (%d volumes) in %.3f s",
+            how,
             pool.name,
             pool.generation,
             len(pool.volumes),
@@ -688,19 +715,78 @@ def _delete_pool_rows(conn: Connection, pool_uuid: str) -> None:
     conn.execute(delete(POOLS).where(POOLS.c.uuid == pool_uuid))
 
 
-def _insert_pool_rows(conn: Connection, pool: Pool, device_paths: Mapping[str, str]) -> None:
-    """Bulk-insert a pool's rows, parents first (executemany per table)."""
-    conn.execute(insert(POOLS), [_pool_values(pool)])
-    batches: list[tuple[Any, list[dict[str, Any]]]] = [
+def _sync_changes(
+    conn: Connection, previous: Pool, pool: Pool, device_paths: Mapping[str, str]
+) -> bool:
+    """Rewrite only what differs from *previous*; False (nothing done) if that cannot be."""
+    stored = conn.execute(
+        select(POOLS.c.generation).where(POOLS.c.uuid == pool.uuid)
+    ).scalar_one_or_none()
+    if previous.uuid != pool.uuid or stored is None or stored != previous.generation:
+        return False
+    query = select(VOLUMES.c.uuid, VOLUMES.c.position).where(VOLUMES.c.pool_uuid == pool.uuid)
+    positions = {uuid: pos for uuid, pos in conn.execute(query)}
+    old = {v.uuid: v for v in previous.volumes}
+    if set(old) != set(positions):
+        return False
+    plan: list[tuple[int, Volume, bool]] = []  # position, volume, rewrite?
+    last = -1
+    top = max(positions.values(), default=-1)
+    for v in pool.volumes:
+        if v.uuid in positions:
+            pos = positions[v.uuid]
+            rewrite = old[v.uuid] != v
+        else:
+            top += 1
+            pos, rewrite = top, True
+        if pos <= last:
+            return False  # the order changed: a full rewrite keeps it
+        last = pos
+        plan.append((pos, v, rewrite))
+    gone = set(old) - {v.uuid for v in pool.volumes}
+    stale = list(gone | {v.uuid for _, v, rw in plan if rw and v.uuid in old})
+    for chunk in range(0, len(stale), 500):
+        _delete_volume_rows(conn, stale[chunk:chunk + 500])
+    conn.execute(delete(DEVICES).where(DEVICES.c.pool_uuid == pool.uuid))
+    conn.execute(update(POOLS).where(POOLS.c.uuid == pool.uuid).values(**_pool_values(pool)))
+    _insert_rows(conn, [
         (DEVICES, [_device_values(pool, i, d, device_paths) for i, d in enumerate(pool.devices)]),
-        (VOLUMES, [_volume_values(pool, i, v) for i, v in enumerate(pool.volumes)]),
-        (VOLUME_HOSTS, list(_host_values(pool.volumes))),
-        (SEGMENTS, list(_segment_values(pool.volumes))),
-        (AREAS, list(_area_values(pool.volumes))),
+        *_volume_batches(pool, [(pos, v) for pos, v, rw in plan if rw]),
+    ])
+    return True
+
+
+def _delete_volume_rows(conn: Connection, uuids: Sequence[str]) -> None:
+    for child in (AREAS, SEGMENTS, VOLUME_HOSTS):
+        conn.execute(delete(child).where(child.c.volume_uuid.in_(uuids)))
+    conn.execute(delete(VOLUMES).where(VOLUMES.c.uuid.in_(uuids)))
+
+
+def _volume_batches(
+    pool: Pool, placed: Sequence[tuple[int, Volume]]
+) -> list[tuple[Any, list[dict[str, Any]]]]:
+    volumes = [v for _, v in placed]
+    return [
+        (VOLUMES, [_volume_values(pool, pos, v) for pos, v in placed]),
+        (VOLUME_HOSTS, list(_host_values(volumes))),
+        (SEGMENTS, list(_segment_values(volumes))),
+        (AREAS, list(_area_values(volumes))),
     ]
+
+
+def _insert_rows(conn: Connection, batches: Sequence[tuple[Any, list[dict[str, Any]]]]) -> None:
     for table, rows in batches:
         if rows:
             conn.execute(insert(table), rows)
+
+
+def _insert_pool_rows(conn: Connection, pool: Pool, device_paths: Mapping[str, str]) -> None:
+    """Bulk-insert a pool's rows, parents first (executemany per table)."""
+    conn.execute(insert(POOLS), [_pool_values(pool)])
+    _insert_rows(conn, [
+        (DEVICES, [_device_values(pool, i, d, device_paths) for i, d in enumerate(pool.devices)]),
+        *_volume_batches(pool, list(enumerate(pool.volumes))),
+    ])
 
 
 def _pool_values(pool: Pool) -> dict[str, Any]:
@@ -734,6 +820,7 @@ def _device_values(
         "state": d.state,
         "paths": json.dumps(d.paths),
         "added": d.added,
+        "extra": _extra(d, _DEVICE_COLUMNS),
     }
 
 
@@ -752,6 +839,7 @@ def _volume_values(pool: Pool, position: int, v: Volume) -> dict[str, Any]:
         "mode": v.mode,
         "read_policy": v.read_policy,
         "created": v.created,
+        "extra": _extra(v, _VOLUME_COLUMNS),
     }
 
 
@@ -794,6 +882,35 @@ def _area_values(volumes: Iterable[Volume]) -> Iterable[dict[str, Any]]:
 # --------------------------------------------------------------------------
 # Reading a pool
 # --------------------------------------------------------------------------
+
+
+#: Model fields stored in columns of their own; the others go to ``extra``.
+_DEVICE_COLUMNS = frozenset({"uuid", "name", "size", "data_start", "extent_count", "tier",
+                             "protection", "cost", "state", "paths", "added"})
+_VOLUME_COLUMNS = frozenset({"uuid", "name", "size", "stripes", "stripe_size", "mirrors",
+                             "owner", "group", "mode", "hosts", "read_policy", "segments",
+                             "created"})
+
+
+def _extra(obj: Device | Volume, columns: frozenset[str]) -> str:
+    """JSON of *obj*'s model fields that have no column (see ``extra``)."""
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+              if f.name not in columns}
+    return json.dumps(fields, sort_keys=True)
+
+
+def _extra_fields(cls: type, text: str | None, what: str) -> dict[str, Any]:
+    """The ``extra`` column's fields that *cls* knows (unknown ones are ignored)."""
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise CatalogError(f"catalog: extra fields of {what} are not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CatalogError(f"catalog: extra fields of {what} are not a JSON object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in doc.items() if k in names}
 
 
 def _json_list(text: str, what: str) -> list[Any]:
@@ -847,6 +964,7 @@ def _load_devices(conn: Connection, pool_uuid: str) -> list[Device]:
             state=r.state,
             paths=_json_list(r.paths, f"paths of device {r.name}"),
             added=r.added,
+            **_extra_fields(Device, r.extra, f"device {r.name}"),
         )
         for r in conn.execute(query)
     ]
@@ -912,6 +1030,7 @@ def _load_volumes(conn: Connection, pool_uuid: str) -> list[Volume]:
             read_policy=r.read_policy,
             segments=segments.get(r.uuid, []),
             created=r.created,
+            **_extra_fields(Volume, r.extra, f"volume {r.name}"),
         )
         for r in conn.execute(_volumes_query(pool_uuid))
     ]

@@ -625,3 +625,57 @@ def test_raw_sql_sees_group_id_column(catalog: Catalog) -> None:
     catalog.sync_pool(checked(pool), {})
     with catalog.engine.connect() as conn:
         assert conn.execute(text("SELECT group_id FROM volumes")).scalar() == 4294967294
+
+
+def test_incremental_sync_equals_full_sync(tmp_path):
+    """sync_pool(previous=...) rewrites only what changed, and ends where a full sync does."""
+    import dataclasses as dc
+
+    cat = Catalog(f"sqlite:///{tmp_path / 'inc.sqlite'}")
+    pool = _incremental_pool()
+    cat.sync_pool(pool, {})
+    steps = []
+    new = pool.copy()
+    new.generation += 1
+    new.volumes.pop(1)                                         # remove from the middle
+    steps.append(new)
+    new = new.copy()
+    new.generation += 1
+    new.volumes[0] = dc.replace(new.volumes[0], name="renamed", size=new.volumes[0].size)
+    steps.append(new)
+    new = new.copy()
+    new.generation += 1
+    extra = dc.replace(new.volumes[-1], uuid="11111111-2222-3333-4444-555555555555",
+                       name="appended")
+    new.volumes.append(extra)                                  # append at the end
+    steps.append(new)
+    prev = pool
+    for step in steps:
+        cat.sync_pool(step, {}, previous=prev)
+        assert cat.load_pool(step.uuid).to_dict() == step.to_dict()
+        prev = step
+
+
+def test_incremental_sync_falls_back_when_catalog_is_elsewhere(tmp_path):
+    cat = Catalog(f"sqlite:///{tmp_path / 'inc.sqlite'}")
+    pool = _incremental_pool()
+    cat.sync_pool(pool, {})
+    wrong = pool.copy()
+    wrong.generation = 99                  # not what the catalog holds
+    new = pool.copy()
+    new.generation = 100
+    new.volumes.reverse()                  # an order a partial update could not keep
+    cat.sync_pool(new, {}, previous=wrong)
+    assert cat.load_pool(new.uuid).to_dict() == new.to_dict()
+
+
+def _incremental_pool():
+    from metadata.model import Area, Device, Pool, Segment, Volume, new_uuid
+
+    devs = [Device(uuid=new_uuid(), name=f"d{i}", size=1 << 30, data_start=1 << 20,
+                   extent_count=100) for i in range(2)]
+    pool = Pool(uuid=new_uuid(), name="inc", extent_size=1 << 20, generation=1, devices=devs)
+    for i in range(4):
+        pool.volumes.append(Volume(uuid=new_uuid(), name=f"v{i}", size=1 << 20, segments=[
+            Segment(0, 1, 1, 65536, [[Area(devs[i % 2].uuid, i)]])]))
+    return pool

@@ -146,7 +146,7 @@ def test_catalog_deleted(env):
 
 
 def test_catalog_stale_after_a_crash_before_its_sync(env, monkeypatch):
-    def fail(self, pool, paths):
+    def fail(self, pool, paths, previous=None):
         raise CatalogError("disk full (injected)")
 
     with env.manager() as mgr:

@@ -231,10 +231,12 @@ class Manager:
         ]
         targets.extend(extra)
         media.commit_generation(targets, new)
+        old = op.choice.pool
         op.choice.max_seen = new.generation
         op.choice.pool = new
-        paths = {u: p for u, p in op.paths.items() if any(d.uuid == u for d in new.devices)}
-        self.catalog.sync_pool(new, paths)
+        listed = {d.uuid for d in new.devices}
+        paths = {u: p for u, p in op.paths.items() if u in listed}
+        self.catalog.sync_pool(new, paths, previous=old)
         self._changed(new.uuid, new)
         return new
 
