@@ -79,10 +79,10 @@ from .model import (
 log = logging.getLogger(__name__)
 
 #: Version of the schema below; stored in ``catalog_meta`` as ``schema_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Schema versions this code can read (older ones would need a migration).
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 
 
 class CatalogError(VVError):
@@ -470,6 +470,10 @@ class Catalog:
             Base.metadata.create_all(conn)
             if found is None:
                 conn.execute(insert(META).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif found < SCHEMA_VERSION:
+                _upgrade(conn, found)
+
+
 
     # -- writing -----------------------------------------------------------
 
@@ -685,6 +689,16 @@ def _errors(what: str) -> Iterator[None]:
         raise CatalogError(f"{what}: conflicts with the catalog: {_one_line(exc)}") from exc
     except SQLAlchemyError as exc:
         raise CatalogError(f"{what}: {_one_line(exc)}") from exc
+
+
+def _upgrade(conn: Connection, found: int) -> None:
+    """Bring an older catalog schema to SCHEMA_VERSION in place (same transaction)."""
+    if found < 2:  # version 2 added the 'extra' columns
+        for table in ("devices", "volumes"):
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN extra TEXT DEFAULT '{{}}'")
+    conn.execute(update(META).where(META.c.key == "schema_version")
+                 .values(value=str(SCHEMA_VERSION)))
+    log.info("catalog: schema upgraded from version %d to %d", found, SCHEMA_VERSION)
 
 
 def _stored_schema_version(conn: Connection) -> int | None:

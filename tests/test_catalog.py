@@ -549,6 +549,25 @@ def test_newer_schema_version_refused(tmp_path: Path, url: str) -> None:
     assert "schema version 99" in message and "\n" not in message
 
 
+def test_version_1_catalog_is_upgraded_in_place(tmp_path: Path, url: str) -> None:
+    pool = _incremental_pool()
+    with Catalog(url) as c:
+        c.sync_pool(pool, {})
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        db.execute("ALTER TABLE devices DROP COLUMN extra")
+        db.execute("ALTER TABLE volumes DROP COLUMN extra")
+        db.execute("UPDATE catalog_meta SET value = '1' WHERE key = 'schema_version'")
+    with Catalog(url) as c:
+        assert c.load_pool(pool.uuid).to_dict() == pool.to_dict()
+        newer = pool.copy()
+        newer.generation += 1
+        c.sync_pool(newer, {}, previous=pool)
+        assert c.load_pool(pool.uuid).to_dict() == newer.to_dict()
+        with c.engine.connect() as conn:
+            query = select(cat.META.c.value).where(cat.META.c.key == "schema_version")
+            assert conn.execute(query).scalar() == str(cat.SCHEMA_VERSION)
+
+
 def test_unopenable_url_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="cannot open catalog") as info:
         Catalog(f"sqlite:///{tmp_path / 'missing-dir' / 'catalog.sqlite'}")
