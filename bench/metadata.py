@@ -75,7 +75,8 @@ def run(volumes: int, devices: int, full: bool, samples: int) -> dict:
             points = {}
             step = max(volumes // 4, 1)
             made = 0
-            for target in range(0, volumes + 1, step):
+            # every step, and the full count even when step does not divide it
+            for target in sorted({*range(0, volumes, step), volumes}):
                 if target > made:
                     mgr.create_volumes("bench", [spec(f"v{i:05}")
                                                  for i in range(made, target)])
