@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,13 +88,11 @@ def run(volumes: int, devices: int, full: bool, samples: int) -> dict:
             out["single_commit_s_at"] = {str(k): round(v, 4) for k, v in points.items()}
             out["one_commit_each_s"] = total
             out["one_commit_each_measured"] = False
-            for i in range(volumes):
-                pass
+            # a fresh pool for the batch measurement
             mgr.close()
             for name in os.listdir(root):
                 if name.endswith(".img"):
                     os.unlink(os.path.join(root, name))
-            import shutil
             shutil.rmtree(os.path.join(root, "state"))
             mgr = make_pool(root, devices, 64 << 30)
         if not full:
