@@ -2,7 +2,8 @@
 
 Everything here is computed from the configuration alone: the used extents
 of a device are the union of the areas of every segment of every volume on
-it.  Per device the used intervals are sorted and merged, so the cost is
+it, and of the extents that operation records reserve (``reserved_runs``).
+Per device the used intervals are sorted and merged, so the cost is
 ``O(areas log areas)`` whatever the extent counts (no per-extent sets).
 Areas on unknown devices or beyond a device's end, which ``Pool.check``
 rejects, are ignored or clipped here rather than raising, so that a checker
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from metadata.model import DeviceUUID, Pool
+from metadata.model import DeviceUUID, Pool, reserved_runs
 
 __all__ = ["ClassUsage", "DeviceUsage", "class_usage", "free_runs", "usage", "used_by"]
 
@@ -55,6 +56,10 @@ def used_runs(pool: Pool) -> dict[DeviceUUID, list[Run]]:
                     runs = raw.get(a.device)
                     if runs is not None and n > 0:
                         runs.append((a.start, n))
+    for dev, start, count, _what in reserved_runs(pool, strict=False):  # a move's destination
+        runs = raw.get(DeviceUUID(dev))
+        if runs is not None and count > 0:
+            runs.append((start, count))
     limits = {d.uuid: d.extent_count for d in pool.devices}
     return {dev: _merge(runs, limits[dev]) for dev, runs in raw.items()}
 

@@ -41,7 +41,11 @@ VolumeUUID = NewType("VolumeUUID", str)
 CONFIG_VERSION = 1
 
 #: Incompatible features this reader understands (see man/vvfs.5).
-KNOWN_FEATURES: frozenset[str] = frozenset()
+#: ``block-checksums``: devices carry a block-checksum region (``Device.csum_extents``)
+#: that every write of a mirrored volume must keep up to date (vvfs/checksums.py).
+#: ``dirty-log``: devices carry a write-intent bitmap (``Device.log_extents``) that
+#: every mirrored write must set first (metadata/dirtylog.py).
+KNOWN_FEATURES: frozenset[str] = frozenset({"block-checksums", "dirty-log"})
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
@@ -114,6 +118,13 @@ class Device:
     state: str = "ok"
     paths: list[str] = field(default_factory=list)
     added: float = field(default_factory=time.time)
+    #: extents right after the ``extent_count`` data extents that hold the
+    #: block-checksum region (vvfs/checksums.py, man/vvfs.5); 0 = none
+    csum_extents: int = 0
+    #: extents after those (and after ``csum_extents``) holding the device's
+    #: dirty log, and bytes of data per log bit (metadata/dirtylog.py); 0 = none
+    log_extents: int = 0
+    log_region: int = 0
 
 
 @dataclass
@@ -301,6 +312,11 @@ class Pool:
                         runs.setdefault(a.device, []).append((a.start, s.area_length, v.name))
             if expect * self.extent_size < v.size:
                 raise ConfigError(f"volume {v.name}: maps {expect} extents, too few for its size")
+        for dev_uuid, start, count, what in reserved_runs(self):
+            dev = devs.get(dev_uuid)
+            if dev is None or start < 0 or count <= 0 or start + count > dev.extent_count:
+                raise ConfigError(f"{what}: reserves extents {start}+{count} outside its device")
+            runs.setdefault(dev_uuid, []).append((start, count, what))
         for dev_uuid, dev_runs in runs.items():
             dev_runs.sort()
             for (s1, n1, v1), (s2, _n2, v2) in zip(dev_runs, dev_runs[1:]):
@@ -308,6 +324,30 @@ class Pool:
                     raise ConfigError(
                         f"extent {s2} of device {devs[dev_uuid].name} used by {v1} and {v2}"
                     )
+
+
+def reserved_runs(pool: Pool, strict: bool = True) -> list[tuple[str, int, int, str]]:
+    """Extents held by operation records: ``(device, first extent, count, owner)``.
+
+    An operation that needs extents outside every volume's map (the
+    destination of a move) lists them as ``"reserved": [[device uuid, first
+    extent, count], ...]``; allocation never hands them out and
+    :meth:`Pool.check` treats them like a volume's areas.  A malformed run
+    raises ConfigError, or is skipped when *strict* is false.
+    """
+    out = []
+    for op in pool.operations:
+        if not isinstance(op, dict) or not isinstance(op.get("reserved"), list):
+            continue
+        what = f"{op.get('kind', 'an')} operation {op.get('id', '')}".rstrip()
+        for run in op["reserved"]:
+            try:
+                dev, start, count = run
+                out.append((str(dev), int(start), int(count), what))
+            except (TypeError, ValueError):
+                if strict:
+                    raise ConfigError(f"{what}: malformed reserved run {run!r}") from None
+    return out
 
 
 _DEVICE_FIELDS = [f.name for f in dataclasses.fields(Device)]

@@ -205,7 +205,12 @@ def device_add(mgr, pool_name: str, path: str, tier: int, protection: int, cost:
 @click.argument("key", metavar="DEV")
 @pass_manager
 def device_remove(mgr, pool_name: str, key: str) -> None:
-    """Remove an empty device (by name, uuid or path) from POOL."""
+    """Remove a device (by name, uuid or path) from POOL.
+
+    A device that holds extents is evacuated first (online, with progress;
+    see 'vv device evacuate'), then removed.
+    """
+    evacuate_then(mgr, pool_name, key)
     d = mgr.remove_device(pool_name, key)
     click.echo(f"removed {d.name} from {pool_name}")
 
@@ -296,10 +301,15 @@ def _parse_on(values: tuple[str, ...]) -> list[tuple[str, int | None]]:
 @click.option("--owner", type=int, default=0, show_default=True, help="Owner uid in the mount.")
 @click.option("--group", type=int, default=0, show_default=True, help="Group gid in the mount.")
 @click.option("--mode", default="0600", show_default=True, help="Octal file mode in the mount.")
+@click.option("--read-policy", type=click.Choice(["balanced", "primary", "first"]),
+              default="balanced", show_default=True,
+              help="How a mirror is read: round-robin, leg 0 unless failed, or every leg"
+                   " with the first answer winning.")
 @pass_manager
 def volume_create(mgr, path: str, size: int, stripes: int, stripe_size: int, mirrors: int,
                   tier: int | None, min_protection: int | None, max_cost: float | None, fit: str,
-                  on: tuple[str, ...], owner: int, group: int, mode: str) -> None:
+                  on: tuple[str, ...], owner: int, group: int, mode: str,
+                  read_policy: str) -> None:
     """Create volume NAME in POOL."""
     try:
         mode_i = int(mode, 8)
@@ -310,7 +320,7 @@ def volume_create(mgr, path: str, size: int, stripes: int, stripe_size: int, mir
     spec = mapper.VolumeSpec(name="", size=size, stripes=stripes, stripe_size=stripe_size,
                              mirrors=mirrors, tier=tier, min_protection=min_protection,
                              max_cost=max_cost, fit=fit, on=_parse_on(on), owner=owner,
-                             group=group, mode=mode_i)
+                             group=group, mode=mode_i, read_policy=read_policy)
     v = mgr.create_volume(path, spec)
     click.echo(f"created volume {path}: {human_size(v.size)}, {_layout(v)}")
 
@@ -441,6 +451,10 @@ def _offline_status(state_dir: str, pools: list[dict], as_json: bool) -> None:
         table(None, ["POOL", "UUID", "GEN", "DEVICES", "VOLUMES", "SIZE", "FREE"],
               [[r["name"], r["uuid"], r["generation"], r["devices"], r["volumes"],
                 human_size(r["size"]), human_size(r["free"])] for r in pools])
+    for r in pools:
+        if r.get("failed_devices"):
+            click.echo(f"pool {r['name']}: FAILED devices {', '.join(r['failed_devices'])};"
+                       f" degraded volumes {', '.join(r.get('degraded_volumes') or []) or '-'}")
 
 
 def _entries(value: Any) -> list[dict]:
@@ -458,10 +472,18 @@ def _pool_status(p: dict) -> None:
     table(None, ["DEVICE", "PATH", "STATE"],
           [[d.get("name", "?"), d.get("path") or "-", d.get("state", "?")]
            for d in _entries(p.get("devices"))])
-    table(None, ["VOLUME", "SIZE", "OPEN", "PIDS"],
+    table(None, ["VOLUME", "SIZE", "OPEN", "PIDS", "STATE"],
           [[v.get("name", "?"), human_size(v["size"]) if "size" in v else "?",
-            v.get("open", 0), ",".join(str(x) for x in v.get("pids") or []) or "-"]
+            v.get("open", 0), ",".join(str(x) for x in v.get("pids") or []) or "-",
+            v.get("state", "ok")]
            for v in _entries(p.get("volumes"))])
+    for job in (p.get("mirror") or {}).get("jobs", []):
+        if job.get("state") in ("queued", "running"):
+            total, done = job.get("bytes_total") or 0, job.get("bytes_done") or 0
+            pct = f"{100 * done // total}%" if total else "..."
+            click.echo(f"resync {job.get('id')} ({job.get('kind')})"
+                       f" {','.join(job.get('devices') or []) or ''}: {pct},"
+                       f" {human_size(done)} of {human_size(total)}")
 
 
 # ---------------------------------------------------------------------------
@@ -482,10 +504,27 @@ def catalog_rebuild(mgr, search: tuple[str, ...]) -> None:
     click.echo(f"catalog rebuilt: {len(names)} pools" + (f" ({', '.join(names)})" if names else ""))
 
 
+from .vv_mirror import (
+    device_fail,
+    device_online,
+    device_paths,
+    device_replace,
+    device_resync,
+    events,
+    volume_set,
+)
 from .vv_mount import mount as _mount_cmd, umount as _umount_cmd  # noqa: E402
+from .vv_move import device_evacuate, evacuate_then, volume_move, volume_scrub  # noqa: E402
 
 cli.add_command(_mount_cmd)
 cli.add_command(_umount_cmd)
+volume.add_command(volume_move)
+volume.add_command(volume_scrub)
+device.add_command(device_evacuate)
+for _cmd in (device_online, device_resync, device_replace, device_fail, device_paths):
+    device.add_command(_cmd)
+volume.add_command(volume_set)
+cli.add_command(events)
 
 
 def main() -> None:

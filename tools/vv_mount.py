@@ -20,6 +20,8 @@ ro                 read-only mount: writes fail with EROFS
 backing=buffered   backing devices through the page cache (default)
 backing=direct     backing devices opened with O_DIRECT
 io_threads=N       device calls in flight across the node (default 32)
+resync_rate=SIZE   bytes per second a resync copies at most (default 256M; 0: no limit)
+probe_interval=S   seconds between looks for vanished devices (default 5; 0: never)
 debug              debug logging of the node
 =================  ======================================================
 
@@ -46,6 +48,8 @@ from typing import TextIO
 
 import click
 
+from mapper.units import SizeError, parse_size
+
 from .common import EXIT_FAILED, QuietError, state_dir_option
 
 log = logging.getLogger("vvfs.mount")
@@ -68,6 +72,8 @@ class MountOptions:
     readonly: bool = False
     direct: bool = False
     io_threads: int = 32
+    resync_rate: int = 256 << 20
+    probe_interval: float = 5.0
     debug: bool = False
     ignored: list[str] = field(default_factory=list)
 
@@ -85,6 +91,13 @@ def parse_options(text: str, state_dir: str | None = None) -> MountOptions:
             opts.direct = value == "direct"
         elif key == "io_threads" and value.isdigit() and int(value) > 0:
             opts.io_threads = int(value)
+        elif key == "resync_rate" and value:
+            try:
+                opts.resync_rate = parse_size(value) if value != "0" else 0
+            except SizeError:
+                raise QuietError(f"malformed mount option {item!r}") from None
+        elif key == "probe_interval" and _is_number(value):
+            opts.probe_interval = float(value)
         elif item == "debug":
             opts.debug = True
         elif item in IGNORED_OPTIONS or item.startswith(IGNORED_PREFIXES):
@@ -92,6 +105,13 @@ def parse_options(text: str, state_dir: str | None = None) -> MountOptions:
         else:
             raise QuietError(f"unknown or malformed mount option {item!r}")
     return opts
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) >= 0
+    except ValueError:
+        return False
 
 
 def _state_path(state_dir: str | None) -> str:
@@ -196,7 +216,8 @@ def _run_node(mountpoint: str, pools: list[str], opts: MountOptions, ready_fd: i
     async def main() -> None:
         nonlocal live
         node = Node(mountpoint, pools, state_dir=opts.state_dir, direct=opts.direct,
-                    io_threads=opts.io_threads, readonly=opts.readonly)
+                    io_threads=opts.io_threads, readonly=opts.readonly,
+                    resync_rate=opts.resync_rate, probe_interval=opts.probe_interval)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             live = True
@@ -306,7 +327,7 @@ def stop_node(mountpoint: str, state_dir: str | None, *, force: bool, timeout: f
 @click.option("--foreground", "-f", is_flag=True, help="Run the node here, logging to stderr.")
 @click.option("-o", "options", multiple=True, metavar="OPTS",
               help="Mount options, comma-separated: state_dir=DIR, ro, backing=direct|buffered,"
-                   " io_threads=N, debug (repeatable).")
+                   " io_threads=N, resync_rate=SIZE, probe_interval=S, debug (repeatable).")
 @state_dir_option
 def mount(args: tuple[str, ...], foreground: bool, options: tuple[str, ...],
           state_dir: str | None) -> None:

@@ -8,6 +8,13 @@ changes pools while they are mounted.  Endpoints -- and nothing else:
 ``GET /v1/status``
     200 with ``node.status()``: the node's pools, devices, volumes and who
     has the volumes open (see :data:`STATUS_SCHEMA`).
+``GET /v1/events?since=ID&pool=POOL&follow=1``
+    200, a stream of newline-delimited JSON: one event document per line
+    (as ``Manager.list_events`` returns them), every event with an id above
+    ID (of POOL only, if given).  Without ``follow`` the stream ends after
+    the events recorded so far; with ``follow=1`` it stays open and carries
+    each new event as it is recorded, until the client goes away or the
+    node stops.
 ``POST /v1/call/METHOD``
     Body: a JSON object of keyword arguments, encoded by :mod:`vvfs.codec`.
     Runs the :class:`vvfs.api.Manager` method METHOD (only those in
@@ -39,6 +46,7 @@ never cut in half -- and removes the socket file if it is still ours.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -49,6 +57,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import trio
 from hypercorn.config import Config, Sockets
@@ -66,6 +75,9 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 BACKLOG = 64
+#: Events sent per catalog query, and seconds between looks while following.
+EVENTS_BATCH = 500
+EVENTS_POLL = 1.0
 
 #: What ``node.status()`` returns (what ``vv status`` prints); fields a node
 #: does not know may be left out.
@@ -73,7 +85,9 @@ STATUS_SCHEMA = """
 {"pid": int, "mountpoint": str, "host_id": str,
  "pools": [{"name": str, "uuid": str, "generation": int,
             "devices": [{"name": str, "path": str | null, "state": str}],
-            "volumes": [{"name": str, "size": int, "open": int, "pids": [int]}]}]}
+            "volumes": [{"name": str, "size": int, "open": int, "pids": [int],
+                         "state": str}],
+            "mirror": {"jobs": [...], "failed": {...}, "logs": {...}}}]}
 """
 
 Scope = dict[str, Any]
@@ -87,6 +101,10 @@ class Node(Protocol):
     async def call(self, method: str, args: dict[str, Any]) -> Any: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    async def events(self, pool: str | None, since: int, limit: int) -> list[dict[str, Any]]: ...
+
+    async def wait_events(self, timeout: float) -> None: ...
 
 
 class AdminError(VVError):
@@ -115,6 +133,8 @@ class AdminApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/v1/events":
+            await self._events(scope, receive, send)
         elif scope["type"] == "http":
             try:
                 status, doc = await self._route(scope, receive)
@@ -135,6 +155,48 @@ class AdminApp:
             method = path.removeprefix("/v1/call/")
             return 200, {"result": await self._call(method, await _read_json(receive))}
         raise HTTPError(404, f"no such endpoint {path}", "NotFound")
+
+    async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream events as newline-delimited JSON (see the module docstring)."""
+        try:
+            _want(scope["method"], "GET")
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            since = int(query.get("since", ["0"])[0])
+            pool = query.get("pool", [None])[0] or None
+            follow = query.get("follow", ["0"])[0] not in ("0", "", "false")
+            first = await self.node.events(pool, since, EVENTS_BATCH)
+        except HTTPError as exc:
+            await _respond(send, exc.status, exc.doc)
+            return
+        except ValueError:
+            await _respond(send, 400, {"error": "since must be an integer",
+                                       "type": "BadRequest", "exit_code": 1})
+            return
+        except VVError as exc:
+            await _respond(send, _http_status(exc), {"error": _one_line(exc),
+                                                     "type": type(exc).__name__,
+                                                     "exit_code": codec.exit_code_for(exc)})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-ndjson")]})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_disconnect, receive, nursery.cancel_scope)
+            rows = first
+            while True:
+                if rows:
+                    since = rows[-1]["id"]
+                    body = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if len(rows) == EVENTS_BATCH:
+                    rows = await self.node.events(pool, since, EVENTS_BATCH)
+                    continue
+                if not follow:
+                    break
+                await self.node.wait_events(EVENTS_POLL)
+                rows = await self.node.events(pool, since, EVENTS_BATCH)
+            nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _status(self) -> Any:
         try:
@@ -159,6 +221,12 @@ class AdminApp:
             log.exception("admin call %s failed", method)
             raise HTTPError(500, f"internal error in the node: {_one_line(exc)}",
                             "InternalError") from None
+
+
+async def _until_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 def _want(verb: str, expected: str) -> None:

@@ -21,14 +21,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import mapper
+from mapper import move as moves
+from metadata import dirtylog, media
 from metadata import format as fmt
-from metadata import media
 from metadata.blockdev import DeviceIOError, FileDevice
 from metadata.catalog import Catalog
 from metadata.errors import NoValidGenerationError, UnsupportedFeatureError, VVError
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID, Volume, check_name, new_uuid
 
-from . import probe
+from . import checksums, probe
+from . import move as move_jobs
+from . import resync as mirror_ops
+from . import scrub as scrub_jobs
 from .discovery import Found, discover
 from .state import StateDir
 
@@ -109,6 +113,14 @@ class Manager:
         #: Returns the names of a pool's volumes that are open (in use);
         #: such a volume is not removed, shrunk or renamed.
         self.open_volumes: Callable[[str], set[str]] | None = None
+        #: The running node's background work (vvfs.move.Jobs): moves and
+        #: scrubs need it; None offline.
+        self.jobs: move_jobs.Jobs | None = None
+        #: The running node's mirror service (vvfs.resync.Mirrors): failures,
+        #: returns, resync and replacement; None offline.
+        self.mirrors: mirror_ops.Mirrors | None = None
+        #: Offline only: called with a resync's progress document as it runs.
+        self.progress: Callable[[dict], None] | None = None
 
     @contextlib.contextmanager
     def holding_lock(self, what: str) -> Iterator[None]:
@@ -223,7 +235,10 @@ class Manager:
     def _commit(self, op: OpenPool, new: Pool, extra: Sequence[media.Target] = ()) -> Pool:
         """Commit *new* to every present, working device of it (plus *extra*)."""
         new.generation = op.choice.max_seen + 1
+        checksums.enable(new)
+        dirtylog.enable(new)
         new.check()
+        moves.validate(new, op.pool)  # nothing may remap what a move is copying
         by_uuid = {s.device_uuid: s for s in op.choice.scans}
         targets = [
             media.Target(by_uuid[d.uuid].dev, by_uuid[d.uuid].label)  # type: ignore[arg-type]
@@ -237,6 +252,7 @@ class Manager:
         listed = {d.uuid for d in new.devices}
         paths = {u: p for u, p in op.paths.items() if u in listed}
         self.catalog.sync_pool(new, paths, previous=old)
+        mirror_ops.record_commit(self, old, new)
         self._changed(new.uuid, new)
         return new
 
@@ -285,17 +301,21 @@ class Manager:
         if force:
             probe.wipe_signatures(path)
         label = fmt.Label(pool_uuid, new_uuid(), geometry, time.time())
-        dev = FileDevice(path)
-        try:
-            media.initialize_device(dev, label)
-        except DeviceIOError:
-            dev.close()
-            raise
         device = Device(
             uuid=DeviceUUID(label.device_uuid), name=name, size=geometry.device_size,
             data_start=geometry.data_start, extent_count=geometry.extent_count, tier=tier,
             protection=protection, cost=cost, paths=[os.path.abspath(path)],
         )
+        dirtylog.carve(device, extent_size)  # the dirty log: the last extents
+        checksums.carve(device)  # the block-checksum region at the end of the extents
+        dev = FileDevice(path)
+        try:
+            media.initialize_device(dev, label)
+            checksums.init_region(dev, device, extent_size)
+            dirtylog.init_log(dev, device, extent_size, pool_uuid)
+        except DeviceIOError:
+            dev.close()
+            raise
         return dev, label, device
 
     @staticmethod
@@ -343,6 +363,8 @@ class Manager:
                                                      size, force, tier, protection, cost, f"d{i}")
                     claimed.append((dev, label))
                     pool.devices.append(device)
+                checksums.enable(pool)
+                dirtylog.enable(pool)
                 pool.check()
                 media.commit_generation([media.Target(d, lb) for d, lb in claimed], pool)
             except BaseException:
@@ -365,9 +387,11 @@ class Manager:
             pool = self.catalog.load_pool(row.uuid)
             cap = sum(d.extent_count for d in pool.devices) * pool.extent_size
             free = sum(u.free for u in mapper.usage(pool).values()) * pool.extent_size
+            failed, degraded = mirror_ops.degraded_summary(pool)
             out.append({"name": pool.name, "uuid": pool.uuid, "generation": pool.generation,
                         "devices": len(pool.devices), "volumes": len(pool.volumes),
-                        "size": cap, "free": free})
+                        "size": cap, "free": free, "failed_devices": failed,
+                        "degraded_volumes": degraded})
         return out
 
     def show_pool(self, name: str) -> PoolShow:
@@ -530,6 +554,9 @@ class Manager:
     def remove_device(self, pool_name: str, key: str) -> Device:
         with self._changing(pool_name) as op:
             device = op.pool.device(key)
+            if device.uuid in moves.busy_devices(op.pool):
+                raise RefusedError(f"device {device.name} takes part in a move in progress;"
+                                   " wait for it or abort it (vv volume move --abort)")
             new = mapper.remove_device(op.pool, device.uuid)
             if not new.devices:
                 raise RefusedError("cannot remove the last device; destroy the pool instead")
@@ -604,6 +631,104 @@ class Manager:
         with self._changing(pool_name) as op:
             new = self._commit(op, mapper.rename_volume(op.pool, name, new_name))
             return new.volume(new_name)
+
+    # ------------------------------------------------------------------
+    # moving and scrubbing data (in the node: vvfs/move.py, vvfs/scrub.py)
+
+    def move_volume(self, path: str, to: str | None = None, from_: str | None = None, *,
+                    abort: bool = False, rate: int = 0) -> dict:
+        """Start moving POOL/VOL's extents to device *to* (only those on *from_*); or abort.
+
+        Returns the move's progress document at once; the node copies in the
+        background (``move_status``), at most *rate* bytes/s if not 0.
+        Needs a running node, except to abort.
+        """
+        return move_jobs.move_volume(self, path, to, from_, abort, rate)
+
+    def evacuate_device(self, pool_name: str, key: str, *, rate: int = 0) -> dict:
+        """Start moving every extent off device *key* to the pool's other devices."""
+        return move_jobs.evacuate_device(self, pool_name, key, rate)
+
+    def move_status(self, pool_name: str) -> dict:
+        """The pool's move in progress (live progress in a node); {} when there is none."""
+        return move_jobs.move_status(self, pool_name)
+
+    def move_checkpoint(self, pool_name: str, op_id: str, copied: int) -> None:
+        """(The node's move task) commit that *copied* extents are copied and flushed."""
+        move_jobs.checkpoint(self, pool_name, op_id, copied)
+
+    def move_finish(self, pool_name: str, op_id: str) -> None:
+        """(The node's move task) switch the map to the destination and drop the record."""
+        move_jobs.finish(self, pool_name, op_id)
+
+    def scrub_volume(self, path: str, *, repair: bool = False) -> dict:
+        """Start scrubbing POOL/VOL in the node; returns its status at once."""
+        return scrub_jobs.scrub_volume(self, path, repair)
+
+    def scrub_status(self, path: str) -> dict:
+        """Progress and findings of the last scrub of POOL/VOL in the running node."""
+        return scrub_jobs.scrub_status(self, path)
+
+    # ------------------------------------------------------------------
+    # failures, resync, replacement, paths, read policy, events (vvfs/resync.py)
+
+    def list_events(self, pool: str | None = None, since: int = 0, limit: int = 1000
+                    ) -> list[dict]:
+        """Events (of *pool*, or all) with id > *since*, oldest first, at most *limit*."""
+        return mirror_ops.list_events(self, pool, since, limit)
+
+    def set_volume(self, path: str, *, read_policy: str | None = None) -> Volume:
+        """Change settings of POOL/VOL: its read policy (balanced, primary, first)."""
+        return mirror_ops.set_volume(self, path, read_policy)
+
+    def device_paths(self, pool_name: str, key: str, *, add: str | None = None,
+                     remove: str | None = None) -> dict:
+        """The paths of a device (primary first, with their live state); add or remove one.
+
+        A path added must carry the device's own label (another way to the
+        same device), never a copy of it.
+        """
+        return mirror_ops.device_paths(self, pool_name, key, add, remove)
+
+    def fail_device(self, pool_name: str, key: str, *, reason: str = "",
+                    only_if_failed: bool = False) -> dict:
+        """Take a device out of service: no more I/O to it; commit it ``failed``.
+
+        (The node commits a device that failed in its data path with
+        *only_if_failed*: nothing happens if it is back by then.)
+        """
+        return mirror_ops.fail_device(self, pool_name, key, reason, only_if_failed)
+
+    def online_device(self, pool_name: str, key: str, *, rate: int | None = None) -> dict:
+        """Bring a failed device back: resync the ranges written without it, then mark it ok.
+
+        With a node, returns at once (state ``queued``; see ``resync_status``);
+        offline, returns once the resync is done.  *rate* limits bytes/s.
+        """
+        return mirror_ops.online_device(self, pool_name, key, rate)
+
+    def resync_pool(self, pool_name: str, key: str | None = None, *,
+                    rate: int | None = None) -> dict:
+        """Resync the dirty ranges of a pool now (of a failed device *key*: bring it back)."""
+        return mirror_ops.resync_pool(self, pool_name, key, rate)
+
+    def resync_status(self, pool_name: str) -> dict:
+        """Resync jobs (with progress), dirty regions per device, failed devices."""
+        return mirror_ops.resync_status(self, pool_name)
+
+    def finish_resync(self, pool_name: str, key: str) -> dict:
+        """(The node's resync task) commit a resynced device ``ok`` and drop its record."""
+        return mirror_ops.finish_resync(self, pool_name, key)
+
+    def replace_device(self, pool_name: str, old: str, new: str, *, force: bool = False,
+                       rate: int | None = None) -> dict:
+        """Claim device *new*, put it in *old*'s place in every mirror and rebuild it.
+
+        *old* (name, uuid or path) is forgotten at once; its data is copied to
+        *new* from the other legs (a full copy, throttled to *rate* bytes/s).
+        Refused when some data of *old* has no other copy.
+        """
+        return mirror_ops.replace_device(self, pool_name, old, new, force, rate)
 
     # ------------------------------------------------------------------
     # catalog

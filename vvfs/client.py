@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from metadata.errors import VVError
@@ -100,6 +101,33 @@ class NodeClient:
     def status(self) -> dict[str, Any]:
         """The node's pools, devices, volumes and open volumes (``node.status()``)."""
         return self._request("GET", "/v1/status")
+
+    def events(self, since: int = 0, pool: str | None = None, *, follow: bool = False
+               ) -> Iterator[dict[str, Any]]:
+        """Event documents with id > *since* (``GET /v1/events``), oldest first.
+
+        With *follow* the iterator blocks for new events until the node
+        stops or the caller stops iterating (or presses Ctrl-C).
+        """
+        params: dict[str, Any] = {"since": since, "follow": int(follow)}
+        if pool is not None:
+            params["pool"] = pool
+        try:
+            with self._http.stream("GET", "/v1/events", params=params,
+                                   timeout=self._httpx.Timeout(SHORT_TIMEOUT, read=None)) as r:
+                if r.status_code != 200:
+                    r.read()
+                    try:
+                        doc = r.json()
+                    except ValueError:
+                        doc = None
+                    raise _error_from(doc, r.status_code)
+                for line in r.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except self._httpx.TransportError as exc:
+            raise NodeConnectionError(f"cannot talk to the node at {self.socket_path}: {exc}"
+                                      ) from None
 
     def call(self, method: str, **kwargs: Any) -> Any:
         """Run Manager method *method* in the node and return its result.

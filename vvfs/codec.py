@@ -51,6 +51,9 @@ API_METHODS: frozenset[str] = frozenset({
     "scan", "add_device", "remove_device", "list_devices", "list_classes",
     "create_volume", "list_volumes", "show_volume", "remove_volume", "resize_volume",
     "rename_volume", "rebuild_catalog",
+    "move_volume", "evacuate_device", "move_status", "scrub_volume", "scrub_status",
+    "list_events", "set_volume", "device_paths", "fail_device", "online_device", "resync_pool",
+    "resync_status", "replace_device",
 })
 
 # Exit statuses of the command lines (the same numbers as tools/common.py).

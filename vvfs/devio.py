@@ -29,6 +29,22 @@ before the flush was called is on stable storage.  Each device counts its
 completed writes; a flush that finds no write completed since the start of
 the last successful ``fdatasync`` returns at once without a system call.
 
+Paths and failover
+------------------
+A device may be reachable by several paths (two loop devices over one
+file, a file and a bind mount of it, two multipath legs): ``paths[0]`` is
+the primary, the others alternates.  Only the active path is open.  When a
+call fails on it with an error that says the *path* is gone or broken
+(:data:`PATH_ERRNOS`: EIO, ENXIO, ENODEV, ...), the device opens the next
+path that has not failed, retries the call there and keeps using it; the
+failed path is reported through ``on_path_failed``.  Concurrent calls that
+failed on the same path retry once the switch is done (one switch per path,
+under ``_failover_lock``).  Descriptors of a failed path are closed only by
+:meth:`DataDevice.close`, never under a call still using them.  Only when
+every path has failed does the call raise.  (A buffered write that reached
+a path's page cache and was lost by a failing ``fdatasync`` cannot be
+replayed: use ``backing=direct`` for several paths to one block device.)
+
 Errors are :class:`metadata.blockdev.DeviceIOError` naming the device and the
 byte offset.  Cancellation: the worker threads are never abandoned, so a
 cancelled call returns (raising ``trio.Cancelled``) only once its system call
@@ -64,6 +80,12 @@ IOV_MAX = 1024
 NOWAIT_MAX = 256 << 10
 #: Default number of device calls in flight across the whole node.
 DEFAULT_IO_THREADS = 32
+#: Errors after which a path is given up (and, once every path is, the device).
+PATH_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF, errno.ENOENT,
+                         errno.ENOTCONN, errno.ESTALE, errno.ENOMEDIUM, errno.EREMOTEIO,
+                         errno.ESHUTDOWN, errno.ENOLINK})
+
+PathFailed = Callable[["DataDevice", str, "str | None", DeviceIOError], None]
 
 Buffers = Sequence[memoryview]
 
@@ -112,20 +134,22 @@ class DataDevice:
     """
 
     def __init__(self, path: str, uuid: str, limiter: trio.CapacityLimiter, *,
-                 direct: bool = False) -> None:
+                 direct: bool = False, alternates: Sequence[str] = ()) -> None:
         self.path = path
         self.name = path
         self.uuid = uuid
         self.direct = direct
         self._limiter = limiter
-        self._fd = self._open(os.O_RDWR | os.O_CLOEXEC)
-        self._dfd = -1
-        if direct:
-            try:
-                self._dfd = self._open(os.O_RDWR | os.O_CLOEXEC | os.O_DIRECT)
-            except DeviceIOError:
-                os.close(self._fd)
-                raise
+        #: every path, primary first, and each one's state: active, standby, failed
+        self.paths = [path] + [p for p in alternates if p != path]
+        self.path_state = {p: "standby" for p in self.paths}
+        self.path_state[path] = "active"
+        #: called on the trio thread when a path fails (device, path, new path or None, error)
+        self.on_path_failed: PathFailed | None = None
+        self._path_gen = 0
+        self._failover_lock = trio.Lock()
+        self._retired: list[int] = []
+        self._fd, self._dfd = self._open_fds(path)
         st = os.fstat(self._fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
         self.stats = DeviceStats()
@@ -135,11 +159,24 @@ class DataDevice:
         self._nowait = not direct and hasattr(os, "RWF_NOWAIT")
         log.debug("opened %s (%s, direct=%s)", path, uuid, direct)
 
-    def _open(self, flags: int) -> int:
+    def _open(self, flags: int, path: str | None = None) -> int:
+        path = path or self.path
         try:
-            return os.open(self.path, flags)
+            return os.open(path, flags)
         except OSError as exc:
-            raise DeviceIOError(self.path, 0, f"cannot open: {exc.strerror}", exc.errno) from None
+            raise DeviceIOError(path, 0, f"cannot open: {exc.strerror}", exc.errno) from None
+
+    def _open_fds(self, path: str) -> tuple[int, int]:
+        """(buffered fd, O_DIRECT fd or -1) of *path*."""
+        fd = self._open(os.O_RDWR | os.O_CLOEXEC, path)
+        dfd = -1
+        if self.direct:
+            try:
+                dfd = self._open(os.O_RDWR | os.O_CLOEXEC | os.O_DIRECT, path)
+            except DeviceIOError:
+                os.close(fd)
+                raise
+        return fd, dfd
 
     # -- public async API ---------------------------------------------------
 
@@ -191,6 +228,19 @@ class DataDevice:
         self.stats.bytes_written += total
         self._completed_writes += 1
 
+    async def pwritev_dsync(self, bufs: Buffers, offset: int) -> None:
+        """Write *bufs* at *offset* and return once they are on stable storage.
+
+        ``RWF_DSYNC``: only this range is written back and the device's cache
+        flushed -- not every dirty page of the device, as ``fdatasync``
+        would.  (The dirty log's bitmap blocks are written this way.)  Not
+        counted as a write for :meth:`flush`: it is durable already.
+        """
+        total = sum(len(b) for b in bufs)
+        await self._run(self._pwritev_dsync_sync, bufs, offset, total)
+        self.stats.writes += 1
+        self.stats.bytes_written += total
+
     async def flush(self) -> None:
         """Return once every write completed before this call is on stable storage."""
         target = self._completed_writes
@@ -201,21 +251,45 @@ class DataDevice:
         self.stats.flushes += 1
         self._durable_writes = max(self._durable_writes, target)
 
+    @property
+    def completed_writes(self) -> int:
+        """Writes completed so far (a number that only grows)."""
+        return self._completed_writes
+
+    @property
+    def durable_writes(self) -> int:
+        """The first this-many completed writes are on stable storage (see :meth:`flush`)."""
+        return self._durable_writes
+
     def statistics(self) -> dict[str, object]:
         """Counters and state of this device (plain data)."""
         s = self.stats
         return {"path": self.path, "uuid": self.uuid, "direct": self.direct,
+                "paths": [{"path": p, "state": self.path_state[p]} for p in self.paths],
                 "reads": s.reads, "reads_nowait": s.reads_nowait, "writes": s.writes, "bytes_read": s.bytes_read,
                 "bytes_written": s.bytes_written, "flushes": s.flushes,
                 "flushes_skipped": s.flushes_skipped, "errors": s.errors,
                 "in_flight": s.in_flight, "dirty": self._completed_writes > self._durable_writes}
 
+    def set_paths(self, paths: Sequence[str]) -> None:
+        """Reach the device by *paths* (primary first) from now on.
+
+        The active path stays in use (first, if the configuration does not
+        list it); a path already known keeps its state, a new one is standby.
+        """
+        new = list(dict.fromkeys(paths))
+        if self.path not in new:
+            new.insert(0, self.path)
+        self.path_state = {p: self.path_state.get(p, "standby") for p in new}
+        self.paths = new
+
     def close(self) -> None:
         """Close the descriptors (no flush; call :meth:`flush` first)."""
-        for fd in (self._fd, self._dfd):
+        for fd in (self._fd, self._dfd, *self._retired):
             if fd >= 0:
                 os.close(fd)
         self._fd = self._dfd = -1
+        self._retired = []
         log.debug("closed %s", self.path)
 
     # -- worker-thread side -------------------------------------------------
@@ -223,12 +297,51 @@ class DataDevice:
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         self.stats.in_flight += 1
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            while True:
+                gen = self._path_gen
+                try:
+                    return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+                except DeviceIOError as exc:
+                    if exc.errno not in PATH_ERRNOS or not await self._failover(gen, exc):
+                        raise
         except DeviceIOError:
             self.stats.errors += 1
             raise
         finally:
             self.stats.in_flight -= 1
+
+    async def _failover(self, gen: int, exc: DeviceIOError) -> bool:
+        """Switch from the path that failed under *gen* to a working one; False if none.
+
+        True when the call should be retried (on the path now active).
+        """
+        async with self._failover_lock:
+            if gen != self._path_gen:
+                return True  # another call switched already
+            old = self.path
+            self.path_state[old] = "failed"
+            new = None
+            for p in self.paths:
+                if self.path_state[p] == "failed":
+                    continue
+                try:
+                    fds = await trio.to_thread.run_sync(self._open_fds, p)
+                except DeviceIOError as err:
+                    log.warning("%s: alternate path %s cannot be opened: %s", self.uuid, p, err)
+                    self.path_state[p] = "failed"
+                    continue
+                self._retired += [fd for fd in (self._fd, self._dfd) if fd >= 0]
+                self._fd, self._dfd = fds
+                self.path = self.name = new = p
+                self.path_state[p] = "active"
+                self._path_gen += 1
+                break
+            if new is not None:
+                log.warning("device %s: path %s failed (%s); switched to %s", self.uuid, old,
+                            exc, new)
+            if self.on_path_failed is not None:
+                self.on_path_failed(self, old, new, exc)
+            return new is not None
 
     def _aligned(self, offset: int, total: int) -> bool:
         return self._dfd >= 0 and not (offset | total) % DIRECT_ALIGN
@@ -261,6 +374,17 @@ class DataDevice:
                 self._writev_all(self._fd, chunk, offset)
                 offset += sum(len(b) for b in chunk)
 
+    def _pwritev_dsync_sync(self, bufs: Buffers, offset: int, total: int) -> None:
+        if self._aligned(offset, total):
+            bounce = _bounce.get(total)
+            pos = 0
+            for b in bufs:
+                bounce[pos:pos + len(b)] = b
+                pos += len(b)
+            self._writev_all(self._dfd, [bounce], offset, os.RWF_DSYNC)
+        else:
+            self._writev_all(self._fd, list(bufs), offset, os.RWF_DSYNC)
+
     def _readv_all(self, fd: int, bufs: Buffers, offset: int) -> None:
         bufs = list(bufs)
         while bufs:
@@ -275,11 +399,11 @@ class DataDevice:
             offset += n
             bufs = _advance(bufs, n)
 
-    def _writev_all(self, fd: int, bufs: Buffers, offset: int) -> None:
+    def _writev_all(self, fd: int, bufs: Buffers, offset: int, flags: int = 0) -> None:
         bufs = list(bufs)
         while bufs:
             try:
-                n = os.pwritev(fd, bufs, offset)
+                n = os.pwritev(fd, bufs, offset, flags)
             except OSError as exc:
                 raise DeviceIOError(self.name, offset, f"write failed: {exc.strerror}",
                                     exc.errno) from None

@@ -277,7 +277,10 @@ class VolumeFS(pyfuse3.Operations):
         if self.readonly:
             raise FUSEError(errno.EROFS)
         with _translate("write"):
-            return await self._handles[fh].write(off, buf)
+            vio = self._handles[fh]
+            if vio.guard is not None:  # range locks, checksums, moves: vvfs/guard.py
+                return await vio.guard.write(vio, off, buf)
+            return await vio.write(off, buf)
 
     async def flush(self, fh: int) -> None:
         log.debug("flush fh %d", fh)  # close(): writes are already on the devices

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import mapper
+import mapper.move
 from metadata import format as fmt
 from metadata import media
 from metadata.blockdev import BlockDevice, DeviceIOError, FileDevice
@@ -624,8 +625,9 @@ def _rebuilt_label(ctx: Ctx, m: Member, entry: Device) -> tuple[fmt.Label | None
                               prov.slot_count)
     except fmt.GeometryError as exc:
         return None, f"the configuration's geometry of device {entry.name} is unusable: {exc}"
+    labelled = entry.extent_count + entry.csum_extents + entry.log_extents  # + carved regions
     if (g.slot_size, g.data_start, g.extent_count) != (
-        prov.slot_size, entry.data_start, entry.extent_count
+        prov.slot_size, entry.data_start, labelled
     ) or (m.header_offset != fmt.MDA_A_OFFSET and m.header_offset != g.area_b):
         return None, (f"the configuration's geometry of device {entry.name} does not match its"
                       " metadata area; restore the label from a backup")
@@ -882,7 +884,7 @@ def _check_device_geometry(ctx: Ctx, d: Device) -> None:
     if m is None or m.provisional:
         return
     g = m.label.geometry
-    if d.data_start != g.data_start or d.extent_count > g.extent_count:
+    if d.data_start != g.data_start or d.extent_count + d.csum_extents + d.log_extents > g.extent_count:
         _config_finding(ctx, m.name, fmt.LABEL_A_OFFSET,
                         f"generation {ctx.pool.generation} gives device {d.name}"
                         f" {d.extent_count} extents from byte {d.data_start}; its label"
@@ -1040,6 +1042,14 @@ def check_interrupted_operations(ctx: Ctx) -> None:
         return
     for op in ctx.pool.operations:
         kind = str(op.get("kind", "an")) if isinstance(op, dict) else "an"
+        resumable = _resumable_move(ctx.pool, op)
+        if resumable is not None:
+            ctx.report(Finding(
+                "operations", f"pool {ctx.name}", None, resumable,
+                fix="abort it: commit a generation without it (the volume map still names the"
+                    " data's old place; the extents reserved for its destination become free)",
+                stage=STAGE_CONFIG, edit=functools.partial(_drop_operation, op)))
+            continue
         ctx.report(Finding(
             "operations", f"pool {ctx.name}", None,
             f"{kind} operation was interrupted ({_describe(op)}); generation"
@@ -1047,6 +1057,19 @@ def check_interrupted_operations(ctx: Ctx) -> None:
             fix="roll it back: commit a generation without it (the volume map still names"
                 " the data's old place; extents it reserved become free)",
             stage=STAGE_CONFIG, edit=functools.partial(_drop_operation, op)))
+
+
+def _resumable_move(pool: Pool, op: Any) -> str | None:
+    """The finding for a well-formed move record (mapper/move.py) that matches the maps."""
+    if not mapper.move.is_move(op):
+        return None
+    try:
+        rec = mapper.move.parse(op)
+        mapper.move.validate(pool)
+    except ConfigError:
+        return None  # reported as an interrupted operation, rolled back
+    return (f"move in progress, resumable: {rec.what} (move {rec.id}), {rec.copied} of"
+            f" {rec.total} extents copied at the last checkpoint; mounting the pool resumes it")
 
 
 def _describe(op: Any) -> str:

@@ -49,6 +49,8 @@ from .api import ApiError, Manager
 from .devio import DEFAULT_IO_THREADS, DataDevice, io_limiter
 from .discovery import candidate_paths
 from .fs import VolumeFS
+from .move import Jobs
+from .resync import DEFAULT_PROBE_INTERVAL, DEFAULT_RATE, Mirrors
 from .volio import PoolIO
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,9 @@ class Node:
     def __init__(self, mountpoint: str, pools: Sequence[str] = (), *,
                  state_dir: str | None = None, manager: Manager | None = None,
                  direct: bool = False, io_threads: int = DEFAULT_IO_THREADS,
-                 readonly: bool = False, fuse_options: Iterable[str] = ()) -> None:
+                 readonly: bool = False, fuse_options: Iterable[str] = (),
+                 resync_rate: int | None = DEFAULT_RATE,
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
         self._own_manager = manager is None
         self.manager = manager or Manager(state_dir)
@@ -132,6 +136,10 @@ class Node:
         self._pending: list[tuple[str, Pool | None]] = []
         self._pending_paths: dict[str, dict[str, str]] = {}
         self._token: trio.lowlevel.TrioToken | None = None
+        #: moves, scrubs and write guards (vvfs/move.py)
+        self.jobs = Jobs(self)
+        #: mirrors: failures, dirty logs, resync, events (vvfs/resync.py)
+        self.mirrors = Mirrors(self, rate=resync_rate, probe_interval=probe_interval)
 
     @property
     def pools(self) -> dict[PoolUUID, PoolIO]:
@@ -157,6 +165,8 @@ class Node:
         with self.manager.holding_lock(f"vvfs node on {self.mountpoint}"):
             self.manager.on_change = self._on_change
             self.manager.open_volumes = self._open_volumes_hook
+            self.manager.jobs = self.jobs
+            self.manager.mirrors = self.mirrors
             self.io_flusher = set_io_flusher()
             try:
                 await self._open_pools()
@@ -168,9 +178,12 @@ class Node:
                     self._unmount()
             finally:
                 with trio.CancelScope(shield=True):
+                    await self.mirrors.close()
                     await self._close_all()
                 self.manager.on_change = None
                 self.manager.open_volumes = None
+                self.manager.jobs = None
+                self.manager.mirrors = None
                 if self._own_manager:
                     self.manager.close()
         log.info("node stopped")
@@ -201,6 +214,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_signals)
             await self._start_admin(nursery)
+            await self.jobs.attach(nursery)  # resumes moves recorded in the pools
+            await nursery.start(self.mirrors.run)  # resyncs left by a crash, probes
             done = trio.Event()
             nursery.start_soon(self._main_loop, done, nursery.cancel_scope)
             with trio.move_on_after(INIT_TIMEOUT):
@@ -280,12 +295,16 @@ class Node:
         devs: dict[DeviceUUID, DataDevice] = {}
         self.devices[pool.uuid] = devs
         await self._open_devices(pool, paths, devs)
-        self.fs.add_pool(PoolIO(pool, devs))
+        pio = PoolIO(pool, devs)
+        self.fs.add_pool(pio)
+        self.jobs.pool_changed(pio)
+        self.mirrors.pool_changed(pio)
+        await self.mirrors.pool_loaded(pio)
 
     async def _open_devices(self, pool: Pool, paths: dict[str, str],
                             devs: dict[DeviceUUID, DataDevice]) -> None:
         for d in pool.devices:
-            if d.uuid in devs or d.state == "failed":
+            if d.uuid in devs or d.state == "failed" or self.mirrors.is_failed(pool.uuid, d.uuid):
                 continue
             path = paths.get(d.uuid) or (d.paths[0] if d.paths else None)
             if path is None:
@@ -297,7 +316,8 @@ class Node:
                 continue
             try:
                 devs[d.uuid] = await trio.to_thread.run_sync(
-                    functools.partial(DataDevice, path, d.uuid, self.limiter, direct=self.direct))
+                    functools.partial(DataDevice, path, d.uuid, self.limiter, direct=self.direct,
+                                      alternates=[p for p in d.paths if p != path]))
             except DeviceIOError as exc:
                 log.error("pool %s: device %s: %s", pool.name, d.name, exc)
 
@@ -306,12 +326,17 @@ class Node:
         devs = self.devices[pool.uuid]
         await self._open_devices(pool, paths, devs)
         change = pio.apply(pool)
+        self.jobs.pool_changed(pio)
+        self.mirrors.pool_changed(pio)
         await self.fs.apply_pool(pio, change)
         keep = {d.uuid for d in pool.devices}
         for uuid in [u for u in devs if u not in keep]:
             await self._close_device(devs.pop(uuid))
+        await self.mirrors.pool_updated(pio)
 
     async def _drop_pool(self, pool_uuid: str) -> None:
+        await self.jobs.pool_dropped(pool_uuid)
+        await self.mirrors.pool_dropped(pool_uuid)
         await self.fs.remove_pool(pool_uuid)
         for dev in self.devices.pop(PoolUUID(pool_uuid), {}).values():
             await self._close_device(dev)
@@ -400,6 +425,17 @@ class Node:
                 await self._add_pool(pool, self._pending_paths.get(uuid, {}))
 
     # ------------------------------------------------------------------
+    # events (the admin API's stream)
+
+    async def events(self, pool: str | None, since: int, limit: int) -> list[dict[str, Any]]:
+        """Events with id > *since* from the catalog (a worker thread)."""
+        return await trio.to_thread.run_sync(self.manager.list_events, pool, since, limit)
+
+    async def wait_events(self, timeout: float) -> None:
+        """Return when this node recorded events, or after *timeout* seconds."""
+        await self.mirrors.wait_events(timeout)
+
+    # ------------------------------------------------------------------
     # status
 
     def status(self) -> dict[str, Any]:
@@ -407,14 +443,17 @@ class Node:
         return {"mountpoint": self.mountpoint, "pid": os.getpid(), "state": self.state,
                 "host_id": self.manager.host_id, "started": self.started,
                 "io_flusher": self.io_flusher, "direct": self.direct,
+                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/move.py)
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
         devs = self.devices.get(pio.uuid, {})
+        live = self.mirrors.pool_status(pio)
         devices = []
         for d in pio.pool.devices:
             dev = devs.get(d.uuid)
             state = d.state if d.state != "ok" else ("ok" if dev else "missing")
+            state = live.get("devices", {}).get(d.uuid, state)
             devices.append({"name": d.name, "uuid": d.uuid, "size": d.size, "state": state,
                             "path": dev.path if dev else (d.paths[0] if d.paths else None),
                             "stats": dev.statistics() if dev else None})
@@ -425,6 +464,7 @@ class Node:
                             "stripes": v.stripes, "mirrors": v.mirrors,
                             "visible": self.fs.visible(v), "open": len(vio.handles),
                             "pids": sorted(set(vio.handles.values())),
-                            "stats": vio.statistics()})
+                            "state": live.get("volumes", {}).get(v.uuid, "ok"),
+                            "read_policy": v.read_policy, "stats": vio.statistics()})
         return {"name": pio.name, "uuid": pio.uuid, "generation": pio.pool.generation,
-                "devices": devices, "volumes": volumes}
+                "devices": devices, "volumes": volumes, "mirror": live.get("mirror", {})}

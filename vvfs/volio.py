@@ -10,15 +10,20 @@ pool's devices and volumes and swaps in new configurations.
 Concurrency (every statement holds between two ``await`` points of the one
 trio thread; no locks are needed or taken on this path):
 
+* **mirrored volumes** (``mirror`` set by the node and more than one leg):
+  reads, writes and flushes go to :class:`vvfs.mirror.PoolMirror` --
+  read policies, degraded mode, the dirty log; see :mod:`vvfs.mirror`.
+  What follows is the path of the other volumes (and of mirrored ones
+  when no mirror is attached, as in handler tests).
 * **read**: each piece is read from one leg -- round-robin over the legs per
-  piece for the ``balanced`` policy (and, for now, ``first``), leg 0 for
+  piece for the ``balanced`` policy (and ``first``), leg 0 for
   ``primary`` -- skipping legs whose device is not open.  The reply waits
   for every device call.
 * **write**: every piece goes to *every* leg; the request completes only
   when every device call of every leg has completed.  A failure of any call
   fails the whole request (``DeviceIOError``, EIO at the FUSE boundary); the
   other calls are still waited for, so no call is left running behind a
-  reply.  (Degrading a mirror instead of failing is a later issue.)
+  reply.
 * **flush**: every device the volume maps is flushed concurrently; a device
   with no write completed since its last flush returns at once (see
   ``vvfs.devio``).  So a flush covers every write that completed before it.
@@ -38,6 +43,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -95,6 +101,11 @@ class VolumeIO:
         self.handles: dict[int, int] = {}
         self.stats = VolumeStats()
         self._rr = 0
+        #: the pool's write guard (vvfs/guard.py: range locks, block checksums,
+        #: a move's second copy), set by the node; VolumeFS.write goes through it
+        self.guard: Any = None
+        #: the pool's vvfs.mirror.PoolMirror (set by the node): mirrored I/O
+        self.mirror: Any = None
 
     @property
     def uuid(self) -> VolumeUUID:
@@ -120,7 +131,13 @@ class VolumeIO:
         """Read up to *length* bytes at *offset*; short or empty past the end."""
         length = max(0, min(length, self.size - offset))
         out = bytearray(length)
-        if length:
+        if length and self._mirrored:
+            try:
+                await self.mirror.read(self, offset, memoryview(out))
+            except DeviceIOError:
+                self.stats.errors += 1
+                raise
+        elif length:
             view = memoryview(out)
             calls = _plan(self.vmap.resolve(offset, length), offset, view, self._pick_leg)
             await self._run(calls, read=True)
@@ -139,6 +156,15 @@ class VolumeIO:
                                f" ({self.size} bytes)")
         length = min(len(data), self.size - offset)
         view = memoryview(data)[:length]
+        if self._mirrored:
+            try:
+                await self.mirror.write(self, offset, view)
+            except DeviceIOError:
+                self.stats.errors += 1
+                raise
+            self.stats.writes += 1
+            self.stats.bytes_written += length
+            return length
         pieces = self.vmap.resolve(offset, length)
         calls: list[_Call] = []
         for leg in range(max((len(p.legs) for p in pieces), default=0)):
@@ -151,6 +177,14 @@ class VolumeIO:
 
     async def flush(self) -> None:
         """Flush every device of the volume concurrently (see module docstring)."""
+        if self._mirrored:
+            try:
+                await self.mirror.flush(self)
+            except DeviceIOError:
+                self.stats.errors += 1
+                raise
+            self.stats.flushes += 1
+            return
         devices = []
         for uuid in self.vmap.devices():
             dev = self.devices.get(uuid)
@@ -172,6 +206,10 @@ class VolumeIO:
                 "open": len(self.handles), "pids": sorted(set(self.handles.values()))}
 
     # -- internals --------------------------------------------------------------
+
+    @property
+    def _mirrored(self) -> bool:
+        return self.mirror is not None and self.vmap.mirrors > 1
 
     def _pick_leg(self, piece: Piece) -> Loc:
         legs = [loc for loc in piece.legs if loc.device in self.devices]

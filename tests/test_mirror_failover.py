@@ -1,0 +1,403 @@
+"""Mirrors that survive failures: degraded mode, dirty-range resync, replace, paths, policies.
+
+Real mounts under fio ``--verify``.  A device fails for real: its backing
+file is served by ``tests/faultfs.py``, a small FUSE file system that
+returns EIO (or delays) on command, so the node sees exactly what a dying
+disk gives it.  Every test builds its own pool; mounts are always cleaned
+up (lazy unmount, terminate, kill).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mapper.layout import VolumeMap
+from metadata import dirtylog
+from vvfs.mirror import MARK_AHEAD
+
+from .faultfs import FaultFS, faultfs_mounted
+from .mountutil import GiB, MiB, TestPool, fio, mounted, require, wait_until
+
+pytestmark = pytest.mark.slow
+
+VOLUME = 256 * MiB
+#: fio's working set: a corner of the volume, so that resync can be told apart
+FIO_SIZE = 32 * MiB
+NODE_OPTIONS = ("probe_interval=0", "resync_rate=0")
+#: bits a sequential stream sets ahead of itself (vvfs.mirror.MARK_AHEAD regions of 1 MiB)
+AHEAD = MARK_AHEAD * MiB
+
+
+def _sparse(path: Path, size: int = GiB) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+@contextlib.contextmanager
+def faulty_pool(tmp_path: Path, faulty: tuple[str, ...] = ("dev1.img",), plain: tuple[str, ...]
+                = ("dev0.img",), **volume: Any) -> Iterator[tuple[TestPool, FaultFS]]:
+    """A pool whose devices *faulty* are served by faultfs, with mirrored volume m."""
+    require("fio", "fusermount3")
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    for name in faulty:
+        _sparse(backing / name)
+    with faultfs_mounted(backing, tmp_path / "fault") as ffs:
+        names = sorted(plain + faulty)
+        paths = [ffs.path(n) if n in faulty else _sparse(tmp_path / n) for n in names]
+        pool = TestPool(tmp_path, paths=paths)
+        pool.create_volume("m", volume.pop("size", VOLUME), mirrors=2, **volume)
+        yield pool, ffs
+
+
+def _fio_args(path: str, *extra: str) -> list[str]:
+    return ["fio", "--output-format=normal", "--name=mirror", f"--filename={path}",
+            "--rw=randwrite", "--bsrange=4k-128k", f"--size={FIO_SIZE}", "--direct=1",
+            "--ioengine=libaio", "--iodepth=8", "--verify=crc32c", "--verify_fatal=1", *extra]
+
+
+@contextlib.contextmanager
+def fio_running(path: str, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """fio verify in the background (rate-limited so that a fault lands mid-write)."""
+    proc = subprocess.Popen(_fio_args(path, "--do_verify=1", "--rate=16m", *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def _fio_result(proc: subprocess.Popen[str]) -> None:
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, f"fio failed:\n{out}"
+
+
+def _verify_only(path: str) -> None:
+    fio(*_fio_args(path, "--verify_only")[2:])
+
+
+def _status(pool: TestPool) -> dict[str, Any]:
+    return json.loads(pool.vv("status", "--json").stdout)["pools"][0]
+
+
+def _device_state(pool: TestPool, name: str) -> str:
+    return next(d["state"] for d in _status(pool)["devices"] if d["name"] == name)
+
+
+def _events(pool: TestPool) -> list[dict[str, Any]]:
+    return json.loads(pool.vv("events", "--json").stdout)
+
+
+def _kinds(pool: TestPool) -> list[tuple[str, str]]:
+    return [(e["kind"], e["object"]) for e in _events(pool)]
+
+
+def _readable(path: str, tmp_path: Path) -> str:
+    """A path of the same bytes that never fails (faultfs files: their backing file)."""
+    fault = str(tmp_path / "fault") + "/"
+    return str(tmp_path / "backing" / path[len(fault):]) if path.startswith(fault) else path
+
+
+def assert_legs_identical(pool: TestPool, tmp_path: Path, name: str = "m") -> None:
+    with pool.manager() as mgr:
+        shown = mgr.show_pool(pool.name)
+    p = shown.pool
+    vmap = VolumeMap(p, p.volume(name))
+    paths = {d.uuid: _readable(d.paths[0], tmp_path) for d in p.devices}
+    files = {u: os.open(path, os.O_RDONLY) for u, path in paths.items()}
+    try:
+        for piece in vmap.resolve(0, vmap.size):
+            for off in range(0, piece.length, 8 * MiB):
+                n = min(8 * MiB, piece.length - off)
+                a, b = (os.pread(files[loc.device], n, loc.offset + off) for loc in piece.legs)
+                assert a == b, f"legs differ in volume bytes {piece.offset + off}+{n}"
+    finally:
+        for fd in files.values():
+            os.close(fd)
+
+
+def _write(path: str, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# degraded mode and dirty-range resync
+
+
+def test_a_failed_leg_under_fio_then_only_dirty_ranges_resync(tmp_path: Path) -> None:
+    with faulty_pool(tmp_path) as (pool, ffs), mounted(pool, *NODE_OPTIONS) as node:
+        path = pool.volume_path("m")
+        with fio_running(path) as proc:
+            time.sleep(0.7)
+            ffs.fail("dev1.img")
+            _fio_result(proc)  # no error reached the host
+        _write(path, 192 * MiB, os.urandom(4 * MiB))  # a known range, while degraded
+        wait_until(lambda: _device_state(pool, "d1") == "failed", 20, "d1 failed")
+        vol = next(v for v in _status(pool)["volumes"] if v["name"] == "m")
+        assert vol["state"] == "degraded"
+        kinds = _kinds(pool)
+        assert ("device-failed", "d1") in kinds and ("volume-degraded", "tank/m") in kinds
+        assert any(k == "config-changed" for k, _ in kinds)
+        offline = pool.vv("status")  # the table says so too
+        assert "degraded" in offline.stdout and "failed" in offline.stdout
+
+        ffs.heal()
+        job = json.loads(pool.vv("device", "online", "tank", "d1", "--wait", "--json",
+                                 timeout=120).stdout)
+        assert job["state"] == "done", job
+        print(f"resync after the failure copied {job['bytes_done']} bytes")
+        # only what was written while d1 was away: fio's corner and the 4 MiB (and
+        # the bits a stream set ahead of itself before d1 failed), not the volume
+        assert 4 * MiB <= job["bytes_done"] <= FIO_SIZE + 4 * MiB + AHEAD, job
+        assert _device_state(pool, "d1") == "ok"
+        kinds = _kinds(pool)
+        assert ("device-returned", "d1") in kinds and ("resync-done", "d1") in kinds
+        _verify_only(path)  # balanced reads: half of them from the resynced leg
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+def _dirty_region_offsets(pool: TestPool, tmp_path: Path) -> tuple[Any, list[int], int]:
+    """(configuration, device offsets of dirty regions on leg 0's device, region size)."""
+    with pool.manager() as mgr:
+        p = mgr.show_pool(pool.name).pool
+    vol = p.volume("m")
+    leg0 = next(d for d in p.devices if d.uuid == vol.segments[0].areas[0][0].device)
+    geo = dirtylog.geometry(leg0, p.extent_size)
+    assert geo is not None
+    from metadata.blockdev import FileDevice
+
+    with FileDevice(_readable(leg0.paths[0], tmp_path), readonly=True) as dev:
+        image = dirtylog.read_log(dev, geo, p.uuid, leg0.uuid)
+    assert not image.problems
+    return p, [geo.region_start(r) for r in image.dirty()], geo.region
+
+
+def test_a_sigkill_mid_writes_resyncs_only_dirty_ranges(tmp_path: Path) -> None:
+    require("fio")
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", VOLUME, mirrors=2)
+    with mounted(pool, *NODE_OPTIONS) as node, fio_running(pool.volume_path("m")):
+        time.sleep(1.0)
+        node.kill()
+    p, dirty, region = _dirty_region_offsets(pool, tmp_path)
+    assert dirty, "no region was dirty at the crash"
+    # An in-flight write that reached leg 0 and not leg 1: damage leg 1 there.
+    vmap = VolumeMap(p, p.volume("m"))
+    seg0 = p.volume("m").segments[0]
+    leg0_dev, leg1_dev = seg0.areas[0][0].device, seg0.areas[1][0].device
+    devs = {d.uuid: d for d in p.devices}
+    base0 = devs[leg0_dev].data_start + seg0.areas[0][0].start * p.extent_size
+    base1 = devs[leg1_dev].data_start + seg0.areas[1][0].start * p.extent_size
+    victim = dirty[len(dirty) // 2]
+    with open(devs[leg0_dev].paths[0], "rb") as f:
+        f.seek(victim)
+        good = f.read(4096)
+    with open(devs[leg1_dev].paths[0], "r+b") as f:
+        f.seek(base1 + victim - base0)
+        f.write(os.urandom(4096))
+    with mounted(pool, *NODE_OPTIONS) as node:
+        wait_until(lambda: any(j["kind"] == "crash" and j["state"] == "done"
+                               for j in _status(pool)["mirror"]["jobs"]), 60, "the resync")
+        job = next(j for j in _status(pool)["mirror"]["jobs"] if j["kind"] == "crash")
+        print(f"resync after the crash copied {job['bytes_done']} bytes;"
+              f" {len(dirty)} regions were dirty on leg 0")
+        assert len(dirty) * region <= job["bytes_done"] <= FIO_SIZE + AHEAD, job
+        assert ("resync-done", "tank") in _kinds(pool)
+        node.umount()
+    assert vmap.size == VOLUME
+    assert_legs_identical(pool, tmp_path)
+    with open(devs[leg1_dev].paths[0], "rb") as f:  # repaired from leg 0, not the reverse
+        f.seek(base1 + victim - base0)
+        assert f.read(4096) == good
+
+
+def test_replace_a_failed_device(tmp_path: Path) -> None:
+    with faulty_pool(tmp_path) as (pool, ffs), mounted(pool, *NODE_OPTIONS) as node:
+        path = pool.volume_path("m")
+        fio(*_fio_args(path, "--do_verify=1")[2:])
+        old = next(d for d in _status(pool)["devices"] if d["name"] == "d1")["uuid"]
+        ffs.fail("dev1.img")
+        _write(path, 100 * MiB, os.urandom(MiB))
+        wait_until(lambda: _device_state(pool, "d1") == "failed", 20, "d1 failed")
+        spare = _sparse(tmp_path / "new.img")
+        job = json.loads(pool.vv("device", "replace", "tank", "d1", spare, "--wait", "--json",
+                                 timeout=120).stdout)
+        assert job["state"] == "done", job
+        assert job["bytes_done"] == VOLUME  # a full rebuild of d1's areas
+        devices = {d["name"]: d for d in _status(pool)["devices"]}
+        assert devices["d1"]["state"] == "ok" and devices["d1"]["path"] == spare
+        assert old not in {d["uuid"] for d in devices.values()}
+        _verify_only(path)
+        node.umount()
+    with pool.manager() as mgr:
+        p = mgr.show_pool(pool.name).pool
+    assert old not in {d.uuid for d in p.devices}
+    assert not p.operations
+    assert_legs_identical(pool, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# path failover
+
+
+def test_path_failover_under_fio(tmp_path: Path) -> None:
+    with faulty_pool(tmp_path) as (pool, ffs), mounted(pool, *NODE_OPTIONS) as node:
+        alternate = str(tmp_path / "backing" / "dev1.img")  # the same bytes, another way
+        pool.vv("device", "paths", "tank", "d1", "--add", alternate)
+        with fio_running(pool.volume_path("m")) as proc:
+            time.sleep(0.7)
+            ffs.fail("dev1.img")
+            _fio_result(proc)
+        assert _device_state(pool, "d1") == "ok"
+        kinds = _kinds(pool)
+        assert ("path-failed", "d1") in kinds and ("device-failed", "d1") not in kinds
+        paths = json.loads(pool.vv("device", "paths", "tank", "d1", "--json").stdout)["paths"]
+        assert {p["path"]: p["state"] for p in paths} == {ffs.path("dev1.img"): "failed",
+                                                           alternate: "active"}
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# read policies
+
+
+def _device_reads(pool: TestPool) -> dict[str, int]:
+    return {d["uuid"]: d["stats"]["bytes_read"] for d in _status(pool)["devices"]}
+
+
+def _read_direct(path: str, count: int, size: int, stride: int) -> bytes:
+    import mmap
+
+    buf = mmap.mmap(-1, size)
+    out = b""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        for i in range(count):
+            assert os.preadv(fd, [buf], i * stride) == size
+            out += bytes(buf)
+    finally:
+        os.close(fd)
+    return out
+
+
+def _legs(pool: TestPool) -> tuple[str, str]:
+    _, v = pool.show("m")
+    return v.segments[0].areas[0][0].device, v.segments[0].areas[1][0].device  # type: ignore[attr-defined]
+
+
+def test_primary_policy_reads_only_leg_0(tmp_path: Path) -> None:
+    require("fio")
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", 64 * MiB, mirrors=2, read_policy="primary")
+    leg0, leg1 = _legs(pool)
+    with mounted(pool, *NODE_OPTIONS) as node:
+        path = pool.volume_path("m")
+        _write(path, 0, os.urandom(16 * MiB))
+        before = _device_reads(pool)
+        _read_direct(path, 16, MiB, MiB)
+        after = _device_reads(pool)
+        assert after[leg0] - before[leg0] >= 16 * MiB
+        assert after[leg1] == before[leg1], "primary read from leg 1"
+        pool.vv("volume", "set", "tank/m", "--read-policy", "balanced")
+        _read_direct(path, 16, MiB, MiB)
+        again = _device_reads(pool)
+        assert again[leg0] > after[leg0] and again[leg1] > after[leg1]
+        node.umount()
+
+
+def test_first_policy_answers_from_the_fast_leg(tmp_path: Path) -> None:
+    with faulty_pool(tmp_path, faulty=("dev0.img", "dev1.img"), plain=(), size=64 * MiB,
+                     read_policy="first") as (pool, ffs), mounted(pool, *NODE_OPTIONS) as node:
+        path = pool.volume_path("m")
+        data = os.urandom(8 * MiB)
+        _write(path, 0, data)
+        leg0, _ = _legs(pool)
+        slow = next(Path(d["path"]).name for d in _status(pool)["devices"] if d["uuid"] == leg0)
+        ffs.delay(slow, 0.25, "read")
+        started = time.monotonic()
+        got = _read_direct(path, 16, 256 * 1024, 512 * 1024)
+        elapsed = time.monotonic() - started
+        assert got == b"".join(data[i * 512 * 1024:i * 512 * 1024 + 256 * 1024]
+                               for i in range(16))
+        assert elapsed < 2.0, f"16 reads took {elapsed:.2f}s: the slow leg (0.25 s) was waited for"
+        assert _status(pool)["mirror"]["first_wins"].get("1", 0) >= 8
+        ffs.heal()  # (the delay also slows the metadata reads of a commit)
+        pool.vv("volume", "set", "tank/m", "--read-policy", "primary")
+        ffs.delay(slow, 0.25, "read")
+        started = time.monotonic()
+        _read_direct(path, 4, 256 * 1024, 512 * 1024)
+        assert time.monotonic() - started >= 0.9  # primary waits for leg 0
+        ffs.heal()
+        node.umount()
+
+
+# ---------------------------------------------------------------------------
+# a device that vanishes and comes back; events as they happen
+
+
+def _read_events(proc: subprocess.Popen[bytes], until: str, timeout: float) -> list[dict[str, Any]]:
+    """JSON event lines from a `vv events --follow --json` process, up to kind *until*."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    buf, out = b"", []
+    while time.monotonic() < deadline:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            out.append(json.loads(line))
+            if out[-1]["kind"] == until:
+                return out
+    pytest.fail(f"no {until} event streamed in {timeout}s; got {[e['kind'] for e in out]}")
+
+
+def test_a_vanished_device_comes_back_by_itself_and_events_stream(tmp_path: Path) -> None:
+    from .mountutil import VV
+
+    with faulty_pool(tmp_path, size=64 * MiB) as (pool, ffs), \
+            mounted(pool, "probe_interval=0.5", "resync_rate=0") as node:
+        path = pool.volume_path("m")
+        _write(path, 0, os.urandom(MiB))
+        follower = subprocess.Popen([VV, "events", "--follow", "--json"], env=pool.env(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)
+            ffs.vanish("dev1.img")
+            _write(path, 8 * MiB, os.urandom(2 * MiB))
+            seen = _read_events(follower, "volume-degraded", 30)
+            assert ("device-failed", "d1") in [(e["kind"], e["object"]) for e in seen]
+            ffs.heal()
+            seen = _read_events(follower, "resync-done", 60)
+            assert "device-returned" in [e["kind"] for e in seen]
+        finally:
+            follower.kill()
+            follower.wait(10)
+        wait_until(lambda: _device_state(pool, "d1") == "ok", 30, "d1 back")
+        node.umount()
+    assert_legs_identical(pool, tmp_path)

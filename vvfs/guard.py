@@ -1,0 +1,330 @@
+"""The write guard: range locks, block checksums and a move's second copy.
+
+``VolumeFS.write`` hands every write of a volume that has a guard to
+:meth:`PoolGuard.write`, which wraps the volume's own
+:meth:`~vvfs.volio.VolumeIO.write` (mirroring, degraded legs: untouched):
+
+* **range lock**: the write registers the 4 KiB-aligned range it covers in
+  the volume's :class:`RangeLock` for as long as it is in flight, and first
+  waits while an *exclusive* lock (a move copying an extent, a scrub
+  comparing a chunk) overlaps it;
+* **checksums** (mirrored volumes, see :mod:`vvfs.checksums`): the crc32c of
+  every whole block is computed before the write and stored on every leg's
+  device concurrently with the data; a write covering a block only in part
+  takes an exclusive lock on the aligned range instead, writes, reads the
+  blocks back and stores their crc32c;
+* **move shadow**: while a move is recorded (see :mod:`vvfs.move`), every
+  device range of a write that lies in a moving run is also written to the
+  run's destination (data and checksums), whether that extent is already
+  copied or not -- a temporary mirror.  A failing shadow write fails the
+  move, not the host's write.
+
+Concurrency (trio thread; statements between two awaits are atomic):
+
+* writes share a range (``RangeLock.writing``); an exclusive holder
+  (``RangeLock.exclusive``) first blocks new writes to its range, then waits
+  for the writes in flight there to end -- so while it holds the range no
+  write to it is in flight, and writes to it wait.
+* the shadow of a write is decided when the write starts: a write that
+  started before a move's record was dropped still writes its shadow, and
+  :meth:`MoveShadow.wait_idle` lets an abort wait for those.
+* cancellation: locks are released in ``finally``; a cancelled write may
+  have reached some legs, entries or shadows and not others (like a crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from mapper.layout import Piece
+from mapper.move import MoveRecord
+from metadata.blockdev import DeviceIOError
+from metadata.model import DeviceUUID, Pool, VolumeUUID
+
+from . import checksums
+from .checksums import BLOCK, ChecksumStore, Entry
+
+log = logging.getLogger(__name__)
+
+
+class RangeLock:
+    """Shared (write) and exclusive holders of byte ranges of one volume."""
+
+    def __init__(self) -> None:
+        self._writers: dict[int, tuple[int, int]] = {}
+        self._locks: dict[int, tuple[int, int]] = {}
+        self._next = 0
+        self._changed = trio.Event()
+
+    @staticmethod
+    def _overlaps(held: dict[int, tuple[int, int]], start: int, end: int) -> bool:
+        return any(s < end and start < e for s, e in held.values())
+
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _token(self) -> int:
+        self._next += 1
+        return self._next
+
+    @contextlib.asynccontextmanager
+    async def writing(self, start: int, end: int) -> AsyncIterator[None]:
+        """Hold ``[start, end)`` shared, after any exclusive holder of it lets go."""
+        while self._overlaps(self._locks, start, end):
+            await self._wait_change()
+        tok = self._token()
+        self._writers[tok] = (start, end)
+        try:
+            yield
+        finally:
+            del self._writers[tok]
+            self._notify()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, start: int, end: int) -> AsyncIterator[None]:
+        """Hold ``[start, end)`` alone: new writes wait, writes in flight are waited for."""
+        while self._overlaps(self._locks, start, end):
+            await self._wait_change()
+        tok = self._token()
+        self._locks[tok] = (start, end)
+        try:
+            while self._overlaps(self._writers, start, end):
+                await self._wait_change()
+            yield
+        finally:
+            del self._locks[tok]
+            self._notify()
+
+    def statistics(self) -> dict[str, int]:
+        return {"writes_in_flight": len(self._writers), "locked_ranges": len(self._locks)}
+
+
+@dataclass
+class _Run:
+    source: DeviceUUID
+    start: int  # device byte on source
+    end: int
+    dest: DeviceUUID
+    dst: int  # device byte on dest matching *start*
+
+
+@dataclass
+class MoveShadow:
+    """The moving runs of a move, in device bytes, for the write path."""
+
+    record: MoveRecord
+    runs: list[_Run]
+    volumes: set[str]
+    in_flight: int = 0
+    failed: BaseException | None = None
+    _idle: trio.Event = field(default_factory=trio.Event)
+
+    @classmethod
+    def build(cls, pool: Pool, record: MoveRecord) -> MoveShadow:
+        devs = {d.uuid: d for d in pool.devices}
+        esize = pool.extent_size
+        runs = []
+        for p in record.pieces:
+            s, d = devs[DeviceUUID(p.source)], devs[DeviceUUID(p.dest)]
+            start = s.data_start + p.src * esize
+            runs.append(_Run(s.uuid, start, start + p.count * esize, d.uuid,
+                             d.data_start + p.dst * esize))
+        return cls(record, runs, {p.volume for p in record.pieces})
+
+    def map(self, device: str, offset: int, length: int) -> list[tuple[int, DeviceUUID, int, int]]:
+        """Parts of device range ``[offset, offset+length)`` that move: (skip, dest, dest byte, n)."""
+        out = []
+        end = offset + length
+        for r in self.runs:
+            if r.source != device or r.end <= offset or end <= r.start:
+                continue
+            lo, hi = max(offset, r.start), min(end, r.end)
+            out.append((lo - offset, r.dest, r.dst + lo - r.start, hi - lo))
+        return out
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+            self._idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return once no write that started with this shadow is in flight."""
+        while self.in_flight:
+            await self._idle.wait()
+
+
+@dataclass
+class GuardStats:
+    guarded_writes: int = 0
+    partial_writes: int = 0
+    shadow_writes: int = 0
+    shadow_errors: int = 0
+    checksum_errors: int = 0
+
+
+class PoolGuard:
+    """The write guard of one pool's volumes (see the module docstring)."""
+
+    def __init__(self, store: ChecksumStore) -> None:
+        self.store = store
+        self.move: MoveShadow | None = None
+        self.locks: dict[VolumeUUID, RangeLock] = {}
+        self.stats = GuardStats()
+        self._warned: set[str] = set()
+
+    def lock(self, volume: VolumeUUID) -> RangeLock:
+        lk = self.locks.get(volume)
+        if lk is None:
+            lk = self.locks[volume] = RangeLock()
+        return lk
+
+    def checksummed(self, vio: object) -> bool:
+        """Does this volume keep block checksums? (mirrored, on devices with regions)"""
+        v = vio.volume  # type: ignore[attr-defined]
+        return v.mirrors >= 2 and any(self.store.covers(d) for d in vio.vmap.devices())  # type: ignore[attr-defined]
+
+    def statistics(self) -> dict[str, object]:
+        s = self.stats
+        return {"guarded_writes": s.guarded_writes, "partial_writes": s.partial_writes,
+                "shadow_writes": s.shadow_writes, "shadow_errors": s.shadow_errors,
+                "checksum_errors": s.checksum_errors, "store": self.store.statistics(),
+                "move": self.move.record.id if self.move else None}
+
+    async def write(self, vio: object, offset: int, data: bytes | memoryview) -> int:
+        """Write *data* at *offset* of volume *vio* through its guard; return bytes written."""
+        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write  # type: ignore[attr-defined]
+        size: int = vio.size  # type: ignore[attr-defined]
+        shadow = self.move if self.move is not None and vio.uuid in self.move.volumes else None  # type: ignore[attr-defined]
+        csum = self.checksummed(vio)
+        if offset >= size or not len(data) or not (csum or shadow):
+            return await write(offset, data)
+        length = min(len(data), size - offset)
+        view = memoryview(data)[:length]
+        start, end = offset - offset % BLOCK, -(-(offset + length) // BLOCK) * BLOCK
+        partial = csum and (start != offset or end != offset + length)
+        lock = self.lock(vio.uuid)  # type: ignore[attr-defined]
+        held = lock.exclusive(start, end) if partial else lock.writing(start, end)
+        self.stats.guarded_writes += 1
+        if shadow is not None:
+            shadow.enter()
+        try:
+            async with held:
+                pieces = vio.vmap.resolve(offset, length)  # type: ignore[attr-defined]
+                entries = [] if partial or not csum else _entries(pieces, offset, view, shadow)
+                result = 0
+
+                async def data_write() -> None:
+                    nonlocal result
+                    result = await write(offset, view)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(data_write)
+                    if shadow is not None:
+                        nursery.start_soon(self._shadow_write, vio, pieces, offset, view, shadow)
+                    if entries:
+                        nursery.start_soon(self._store, entries)
+                if partial:
+                    self.stats.partial_writes += 1
+                    await self._refresh(vio, start, min(end, size - size % BLOCK), shadow)
+                return result
+        finally:
+            if shadow is not None:
+                shadow.leave()
+
+    async def write_leg(self, devices: Mapping[DeviceUUID, Any], device: DeviceUUID,
+                        offset: int, data: bytes | memoryview) -> None:
+        """Write *data* at *offset* of one leg's device, and to a move's destination too.
+
+        For writers that bypass :meth:`write` and put bytes straight on a
+        leg (scrub repairs, resync): while a move is recorded, what lands on
+        a moving run must reach its destination as well.  The caller holds
+        the volume range (``exclusive``) or otherwise keeps host writes out.
+        """
+        dev = devices.get(device)
+        if dev is None:
+            raise DeviceIOError(device, offset, "device is not open")
+        await dev.pwrite(data, offset)
+        shadow = self.move
+        if shadow is None:
+            return
+        view = memoryview(data)
+        for skip, dest, at, n in shadow.map(device, offset, len(view)):
+            target = devices.get(dest)
+            if target is None:
+                raise DeviceIOError(dest, at, "move destination is not open")
+            await target.pwrite(view[skip:skip + n], at)
+
+    async def _store(self, entries: list[Entry]) -> None:
+        try:
+            await self.store.update(entries)
+        except DeviceIOError as exc:
+            # The data write decides the request's fate; a leg whose entry
+            # could not be written is repaired by resync or scrub (rule 1).
+            self.stats.checksum_errors += 1
+            level = logging.DEBUG if exc.device in self._warned else logging.WARNING
+            self._warned.add(exc.device)
+            log.log(level, "checksum entries not written (resync or scrub repairs them): %s",
+                    exc)
+
+    async def _refresh(self, vio: object, start: int, end: int, shadow: MoveShadow | None) -> None:
+        """Recompute the entries of whole blocks ``[start, end)`` after a partial write."""
+        if end <= start:
+            return
+        data = await vio.read(start, end - start)  # type: ignore[attr-defined]
+        view = memoryview(data)
+        pieces = vio.vmap.resolve(start, end - start)  # type: ignore[attr-defined]
+        await self._store(_entries(pieces, start, view, shadow))
+
+    async def _shadow_write(self, vio: object, pieces: list[Piece], base: int, view: memoryview,
+                            shadow: MoveShadow) -> None:
+        devices = vio.devices  # type: ignore[attr-defined]
+        try:
+            for p in pieces:
+                buf = view[p.offset - base:p.offset - base + p.length]
+                for loc in p.legs:
+                    for skip, dest, at, n in shadow.map(loc.device, loc.offset, p.length):
+                        dev = devices.get(dest)
+                        if dev is None:
+                            raise DeviceIOError(dest, at, "move destination is not open")
+                        await dev.pwrite(buf[skip:skip + n], at)
+                        self.stats.shadow_writes += 1
+        except DeviceIOError as exc:
+            self.stats.shadow_errors += 1
+            if shadow.failed is None:
+                shadow.failed = exc
+            log.error("move %s: a write could not reach the destination: %s", shadow.record.id,
+                      exc)
+
+
+def _entries(pieces: list[Piece], base: int, view: memoryview,
+             shadow: MoveShadow | None) -> list[Entry]:
+    """Checksum entries of the whole blocks of *view* (volume bytes from *base*) on every leg."""
+    out: list[Entry] = []
+    for p in pieces:
+        first = -(-p.offset // BLOCK) * BLOCK
+        last = (p.offset + p.length) - (p.offset + p.length) % BLOCK
+        if last <= first:
+            continue
+        values = checksums.pack(checksums.block_crcs(view[first - base:last - base]))
+        for loc in p.legs:
+            dev_first = loc.offset + first - p.offset
+            out.append((loc.device, dev_first, values))
+            if shadow is not None:
+                for skip, dest, at, n in shadow.map(loc.device, dev_first, last - first):
+                    lo = skip // BLOCK * checksums.ENTRY
+                    out.append((dest, at, values[lo:lo + n // BLOCK * checksums.ENTRY]))
+    return out

@@ -1,0 +1,469 @@
+"""Online moves (``vv volume move``, ``vv device evacuate``) and the node's background jobs.
+
+The protocol (like pvmove, but resumable and abortable)
+-------------------------------------------------------
+1. **Record** (``Manager.move_volume`` / ``evacuate_device``, a management
+   call): :func:`mapper.move.plan_move` allocates the destination runs and
+   adds a move record to ``Pool.operations`` (its ``reserved`` runs keep the
+   allocator off them); one commit.  Every map still names the old place.
+2. **Mirror writes**: as soon as the node applies that configuration, every
+   write to a moving run also goes to its destination (``vvfs/guard.py``,
+   data and checksums), copied yet or not.
+3. **Copy** (:class:`MoveTask`, a task in the node's nursery): extent by
+   extent, in the record's order, from ``copied`` on: the extent's volume
+   range is locked exclusively (writes to it wait, writes in flight there are
+   waited for), read from the source, written to the destination with its
+   checksum entries, unlocked.
+4. **Checkpoint**: every :data:`CHECKPOINT_EXTENTS` extents or
+   :data:`CHECKPOINT_SECONDS` seconds the destination devices are flushed
+   and ``copied`` is committed (``Manager.move_checkpoint``, through
+   ``Node.call`` so that it is serialized with other management calls).
+5. **Switch**: once all extents are copied and flushed, one commit
+   (``Manager.move_finish``, :func:`mapper.move.switch`) maps the moved runs
+   at their destination and drops the record; the old extents are free from
+   that generation on.  Writes resolved with the old map before the new one
+   was applied still reach both places.
+
+**Resume**: a node that opens a pool whose configuration holds a move record
+(after a crash, a SIGKILL or an unmount) starts a :class:`MoveTask` for it.
+The extents before ``copied`` were copied and flushed, but a write in flight
+at a crash may have reached the source and not the destination: so they are
+first *verified* -- compared under the lock and copied again where they
+differ -- then copying goes on from ``copied``.
+
+**Abort** (``vv volume move --abort``): the task is cancelled and waited for,
+the write shadow removed and the writes that still carry it waited for, then
+one commit drops the record.  The maps never stopped naming the old place:
+everything is as it was; the destination extents are free.
+
+A failure (a device error, a commit that fails) stops the task with the
+record left in place: ``vv volume move ... --abort`` drops it, a remount
+resumes it.  Offline (no node) a move cannot run; an abort works offline.
+
+Jobs
+----
+:class:`Jobs` is the node's owner of this background work (moves here,
+scrubs in :mod:`vvfs.scrub`) and of the write guards (:mod:`vvfs.guard`):
+the node calls :meth:`Jobs.pool_changed` after it opened a pool or applied
+a new configuration, and :meth:`Jobs.pool_dropped` before it closes a
+pool's devices.  Manager calls reach it from their worker thread through
+:meth:`Jobs.from_thread`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from mapper import move as moves
+from metadata.blockdev import DeviceIOError
+from metadata.errors import VVError
+from metadata.model import DeviceUUID, Pool, PoolUUID
+
+from .checksums import BLOCK, ChecksumStore
+from .guard import MoveShadow, PoolGuard
+
+if TYPE_CHECKING:
+    from .api import Manager
+    from .volio import PoolIO
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHECKPOINT_EXTENTS = 16
+CHECKPOINT_SECONDS = 2.0
+#: VVFS_BENCH_NO_GUARD=1 serves volumes without write guards -- no checksums,
+#: no moves -- only to measure what the guard costs (bench/, the README)
+BENCH_NO_GUARD = os.environ.get("VVFS_BENCH_NO_GUARD") == "1"
+
+
+class JobError(VVError):
+    """Background work cannot be started or reached."""
+
+
+def emit(node: Any, pool_uuid: str, kind: str, severity: str, obj: str, message: str) -> None:
+    """Record an event (``vv events``) through the node's event queue, if it has one."""
+    mirrors = getattr(node, "mirrors", None)
+    if mirrors is not None and hasattr(mirrors, "emit"):
+        mirrors.emit(pool_uuid, kind, severity, obj, message)
+    else:
+        log.info("event %s: %s", kind, message)
+
+
+# ---------------------------------------------------------------------------
+# node side
+
+
+class MoveTask:
+    """Copies the extents of one move record, then switches the map (see the module docstring)."""
+
+    def __init__(self, jobs: Jobs, pio: PoolIO, record: moves.MoveRecord, resumed: bool) -> None:
+        self.jobs = jobs
+        self.pio = pio
+        self.record = record
+        self.resumed = resumed
+        self.state = "starting"
+        self.done = record.copied
+        self.verified = 0
+        self.error: str | None = None
+        self.started = time.monotonic()
+        self.bytes_copied = 0
+        self.scope = trio.CancelScope()
+        self.finished = trio.Event()
+
+    @property
+    def esize(self) -> int:
+        return self.pio.pool.extent_size
+
+    def progress(self) -> dict[str, Any]:
+        rec = self.record
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.bytes_copied / elapsed
+        left = (rec.total - self.done) * self.esize
+        return {"id": rec.id, "what": rec.what, "state": self.state, "copied": self.done,
+                "total": rec.total, "checkpoint": rec.copied, "verified": self.verified,
+                "extent_size": self.esize, "rate": rate,
+                "eta": left / rate if rate > 0 else None, "error": self.error,
+                "resumed": self.resumed}
+
+    async def run(self) -> None:
+        try:
+            with self.scope:
+                await self._run()
+        except (DeviceIOError, VVError) as exc:
+            self.state, self.error = "failed", str(exc)
+            emit(self.jobs.node, self.pio.uuid, "move-failed", "error", self.pio.name,
+                 f"move {self.record.id} ({self.record.what}) failed at extent {self.done} of"
+                 f" {self.record.total}: {exc}; abort it, or remount to resume it")
+            self.jobs.drop_shadow(self.pio.uuid)
+        finally:
+            if self.state not in ("done", "failed"):
+                self.state = "stopped"
+            self.finished.set()
+
+    async def _run(self) -> None:
+        rec = self.record
+        emit(self.jobs.node, self.pio.uuid, "move-resumed" if self.resumed else "move-started",
+             "info", self.pio.name, f"move {rec.id} ({rec.what}): "
+             + (f"resuming at extent {rec.copied}" if self.resumed else "starting")
+             + f" of {rec.total}")
+        if self.resumed and rec.copied:
+            self.state = "verifying"
+            for k in range(rec.copied):
+                await self._copy(k, verify=True)
+                self.verified = k + 1
+        self.state = "copying"
+        last, last_time = self.done, time.monotonic()
+        for k in range(self.done, rec.total):
+            await self._copy(k, verify=False)
+            self.done = k + 1
+            await self._throttle()
+            if (self.done - last >= CHECKPOINT_EXTENTS
+                    or time.monotonic() - last_time >= CHECKPOINT_SECONDS):
+                await self._checkpoint(self.done)
+                last, last_time = self.done, time.monotonic()
+        self.state = "finishing"
+        await self._flush()
+        await self.jobs.node.call("move_finish", {"pool_name": self.pio.name, "op_id": rec.id})
+        self.state = "done"
+        emit(self.jobs.node, self.pio.uuid, "move-done", "info", self.pio.name,
+             f"move {rec.id} ({rec.what}) done: {rec.total} extents, map switched")
+
+    async def _throttle(self) -> None:
+        """Sleep so that the copy keeps to the record's rate limit, if any."""
+        if self.record.rate > 0:
+            due = self.started + self.bytes_copied / self.record.rate
+            await trio.sleep(max(0.0, due - time.monotonic()))
+
+    def _check_shadow(self) -> None:
+        guard = self.jobs.guards.get(self.pio.uuid)
+        shadow = guard.move if guard else None
+        if shadow is None or shadow.record.id != self.record.id:
+            raise JobError(f"move {self.record.id}: writes are no longer mirrored to the"
+                           " destination")
+        if shadow.failed is not None:
+            raise JobError(f"a write could not reach the destination: {shadow.failed}")
+
+    async def _copy(self, k: int, *, verify: bool) -> None:
+        """Copy (or verify and copy) extent *k* of the move under its volume range lock."""
+        self._check_shadow()
+        p, j = self.record.locate(k)
+        vio = self.pio.volumes.get(p.volume)  # type: ignore[call-overload]
+        if vio is None:
+            raise JobError(f"move {self.record.id}: volume {p.volume} is gone")
+        devs = self.pio.devices
+        source, dest = devs.get(DeviceUUID(p.source)), devs.get(DeviceUUID(p.dest))
+        if source is None or dest is None:
+            raise JobError(f"move {self.record.id}: device {p.source if source is None else p.dest}"
+                           " is not open")
+        geo = {d.uuid: d for d in self.pio.pool.devices}
+        src = geo[DeviceUUID(p.source)].data_start + (p.src + j) * self.esize
+        dst = geo[DeviceUUID(p.dest)].data_start + (p.dst + j) * self.esize
+        first, count = p.logical(j)
+        guard = self.jobs.guards[self.pio.uuid]
+        async with guard.lock(vio.uuid).exclusive(first * self.esize,
+                                                   (first + count) * self.esize):
+            data = await source.pread(self.esize, src)
+            if verify and await dest.pread(self.esize, dst) == data:
+                return
+            await dest.pwrite(data, dst)
+            self.bytes_copied += len(data)
+            if guard.checksummed(vio):
+                await guard.store.copy(DeviceUUID(p.source), src, DeviceUUID(p.dest), dst,
+                                       self.esize // BLOCK)
+
+    async def _flush(self) -> None:
+        for uuid in {p.dest for p in self.record.pieces}:
+            dev = self.pio.devices.get(DeviceUUID(uuid))
+            if dev is not None:
+                await dev.flush()
+
+    async def _checkpoint(self, copied: int) -> None:
+        await self._flush()
+        await self.jobs.node.call("move_checkpoint", {"pool_name": self.pio.name,
+                                                      "op_id": self.record.id,
+                                                      "copied": copied})
+        log.debug("move %s: checkpoint at %d of %d", self.record.id, copied, self.record.total)
+
+
+class Jobs:
+    """The node's background work and write guards (see the module docstring)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.guards: dict[PoolUUID, PoolGuard] = {}
+        self.moves: dict[PoolUUID, MoveTask] = {}
+        #: (pool uuid, volume uuid) -> vvfs.scrub.ScrubTask
+        self.scrubs: dict[tuple[str, str], Any] = {}
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        #: ids of the moves recorded through this node (copied from the start)
+        self._started: set[str] = set()
+
+    async def attach(self, nursery: trio.Nursery) -> None:
+        """Start running background work in *nursery*; resume moves of the open pools."""
+        self._nursery = nursery
+        self._token = trio.lowlevel.current_trio_token()
+        for pio in list(self.node.pools.values()):
+            self.pool_changed(pio)
+
+    def from_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run async *fn* on the node's trio thread from a Manager call's worker thread."""
+        if self._token is None:
+            raise JobError("the node is not running background work yet")
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    # -- configuration changes (trio thread) ------------------------------------
+
+    def pool_changed(self, pio: PoolIO) -> None:
+        """Attach guards to *pio*'s volumes; start, resume or forget its move."""
+        guard = self.guards.get(pio.uuid)
+        if guard is None:
+            guard = self.guards[pio.uuid] = PoolGuard(ChecksumStore(pio.pool, pio.devices))
+        else:
+            guard.store.swap(pio.pool)
+        for vio in pio.volumes.values():
+            vio.guard = None if BENCH_NO_GUARD else guard
+        for uuid in [u for u in guard.locks if u not in pio.volumes]:
+            del guard.locks[uuid]
+        try:
+            record = moves.find(pio.pool)
+        except moves.MoveError as exc:
+            log.error("pool %s: move record not understood, not resumed: %s", pio.name, exc)
+            record = None
+        task = self.moves.get(pio.uuid)
+        if record is None:
+            guard.move = None
+            if task is not None and task.state not in ("finishing", "done"):
+                task.scope.cancel()
+            self.moves.pop(pio.uuid, None)
+            return
+        if task is not None and task.record.id == record.id:
+            task.record = record if task.state != "finishing" else task.record
+            return
+        if task is not None:
+            task.scope.cancel()
+        if guard.move is None or guard.move.record.id != record.id:
+            guard.move = MoveShadow.build(pio.pool, record)
+        if self._nursery is None:
+            return  # attach() starts it
+        resumed = record.id not in self._started
+        task = self.moves[pio.uuid] = MoveTask(self, pio, record, resumed)
+        self._nursery.start_soon(task.run)
+
+    def drop_shadow(self, pool_uuid: str) -> None:
+        guard = self.guards.get(PoolUUID(pool_uuid))
+        if guard is not None:
+            guard.move = None
+
+    async def pool_dropped(self, pool_uuid: str) -> None:
+        """Stop the pool's background work (before its devices are closed)."""
+        task = self.moves.pop(PoolUUID(pool_uuid), None)
+        if task is not None:
+            task.scope.cancel()
+            await task.finished.wait()
+        for key in [k for k in self.scrubs if k[0] == pool_uuid]:
+            scrub = self.scrubs.pop(key)
+            scrub.scope.cancel()
+            await scrub.finished.wait()
+        self.guards.pop(PoolUUID(pool_uuid), None)
+
+    # -- called from Manager calls (through from_thread) ----------------------
+
+    def note_started(self, op_id: str) -> None:
+        """A move recorded by this node: copy from the start, nothing to verify."""
+        self._started.add(op_id)
+
+    async def stop_move(self, pool_uuid: str) -> None:
+        """Stop the pool's move task and the write shadow; wait for writes carrying it."""
+        task = self.moves.pop(PoolUUID(pool_uuid), None)
+        if task is not None:
+            task.scope.cancel()
+            await task.finished.wait()
+        guard = self.guards.get(PoolUUID(pool_uuid))
+        shadow = guard.move if guard else None
+        if guard is not None:
+            guard.move = None
+        if shadow is not None:
+            await shadow.wait_idle()
+
+    def move_progress(self, pool_uuid: str) -> dict[str, Any] | None:
+        task = self.moves.get(PoolUUID(pool_uuid))
+        return task.progress() if task is not None else None
+
+    def restart(self, pool_uuid: str) -> None:
+        pio = self.node.pools.get(pool_uuid)
+        if pio is not None:
+            self.pool_changed(pio)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"guards": {u: g.statistics() for u, g in self.guards.items()},
+                "moves": {u: t.progress() for u, t in self.moves.items()}}
+
+
+# ---------------------------------------------------------------------------
+# Manager side (called from vvfs.api.Manager methods, in a worker thread when in a node)
+
+
+def _jobs(mgr: Manager, what: str) -> Jobs:
+    jobs = getattr(mgr, "jobs", None)
+    if jobs is None:
+        raise JobError(f"{what} runs in the node: mount the pool (vv mount) and run it again")
+    return jobs
+
+
+def _summary(pool: Pool, record: moves.MoveRecord | None) -> dict[str, Any]:
+    if record is None:
+        return {}
+    return {"id": record.id, "what": record.what, "state": "recorded",
+            "copied": record.copied, "total": record.total, "checkpoint": record.copied,
+            "extent_size": pool.extent_size, "pool": pool.name}
+
+
+def _start(mgr: Manager, pool_name: str, plan: Callable[[Pool], Pool]) -> dict[str, Any]:
+    jobs = _jobs(mgr, "moving data")
+    if BENCH_NO_GUARD:
+        raise JobError("this node runs without write guards (VVFS_BENCH_NO_GUARD): no moves")
+    with mgr._changing(pool_name) as op:
+        try:
+            new = plan(op.pool)
+        except moves.MoveError as exc:
+            from .api import RefusedError
+
+            raise RefusedError(str(exc)) from None
+        record = moves.find(new)
+        assert record is not None  # plan() adds it; not data from media
+        jobs.note_started(record.id)
+        mgr._commit(op, new)
+        return _summary(new, record)
+
+
+def move_volume(mgr: Manager, path: str, to: str | None, source: str | None,
+                abort: bool, rate: int = 0) -> dict[str, Any]:
+    from .api import ApiError
+
+    pool_name, name = mgr._split(path)
+    if abort:
+        return abort_move(mgr, pool_name, name)
+    if not to:
+        raise ApiError("name the device to move to (--to DEV)")
+    return _start(mgr, pool_name, lambda pool: moves.plan_move(pool, name, to, source,
+                                                               rate=rate))
+
+
+def evacuate_device(mgr: Manager, pool_name: str, key: str, rate: int = 0) -> dict[str, Any]:
+    return _start(mgr, pool_name, lambda pool: moves.plan_evacuate(pool, key, rate=rate))
+
+
+def abort_move(mgr: Manager, pool_name: str, volume: str | None = None) -> dict[str, Any]:
+    """Stop the pool's move (of *volume*, if named) and drop its record."""
+    from .api import NotFoundError
+
+    with mgr._changing(pool_name) as op:
+        record = moves.find(op.pool)
+        if record is not None and volume is not None:
+            vol = op.pool.volume(volume)
+            if vol.uuid not in record.volumes():
+                record = None
+        if record is None:
+            raise NotFoundError(f"no move of {pool_name}/{volume or '*'} in progress")
+        jobs = getattr(mgr, "jobs", None)
+        if jobs is not None:
+            jobs.from_thread(jobs.stop_move, op.pool.uuid)
+        try:
+            new = mgr._commit(op, moves.abort(op.pool, record.id))
+        except BaseException:
+            if jobs is not None:
+                jobs.from_thread(_restart, jobs, op.pool.uuid)
+            raise
+        if jobs is not None:
+            jobs.from_thread(_emit, jobs.node, op.pool.uuid, "move-aborted", "info", op.pool.name,
+                             f"move {record.id} ({record.what}) aborted at extent"
+                             f" {record.copied} of {record.total}; the map is unchanged")
+        out = _summary(op.pool, record)
+        out["state"] = "aborted"
+        out["generation"] = new.generation
+        return out
+
+
+async def _emit(*args: Any) -> None:
+    emit(*args)
+
+
+async def _restart(jobs: Jobs, pool_uuid: str) -> None:
+    jobs.restart(pool_uuid)
+
+
+async def _progress(jobs: Jobs, pool_uuid: str) -> dict[str, Any] | None:
+    return jobs.move_progress(pool_uuid)
+
+
+def move_status(mgr: Manager, pool_name: str) -> dict[str, Any]:
+    """The move in progress in the pool: live progress from the node, else the record."""
+    jobs = getattr(mgr, "jobs", None)
+    with mgr._reading(pool_name) as op:
+        record = moves.find(op.pool)
+        live = jobs.from_thread(_progress, jobs, op.pool.uuid) if jobs is not None else None
+        if live is not None:
+            live["pool"] = op.pool.name
+            live["extent_size"] = op.pool.extent_size
+            if record is None and live["state"] not in ("failed",):
+                live["state"] = "done"
+            return live
+        return _summary(op.pool, record)
+
+
+def checkpoint(mgr: Manager, pool_name: str, op_id: str, copied: int) -> None:
+    with mgr._changing(pool_name) as op:
+        mgr._commit(op, moves.checkpoint(op.pool, op_id, copied))
+
+
+def finish(mgr: Manager, pool_name: str, op_id: str) -> None:
+    with mgr._changing(pool_name) as op:
+        mgr._commit(op, moves.switch(op.pool, op_id))

@@ -1,0 +1,959 @@
+"""Failures, returns, resync and replacement of devices: the node's service and the API side.
+
+The data path of mirrors (degraded writes, the dirty log, read policies, the
+resync engine) is :mod:`vvfs.mirror`.  This module is what drives it:
+
+:class:`Mirrors` (one per node)
+    Creates a :class:`~vvfs.mirror.PoolMirror` for every pool the node
+    opens and attaches it to the pool's volumes; runs the background tasks
+    in the node's nursery: the **event writer** (events reach the catalog
+    from a queue, in a worker thread, never on a FUSE request's path), the
+    **committer** (a failed device is committed as ``failed`` through
+    ``Node.call``, i.e. serialized with every other management call), the
+    **cleaner** (clears the bits of idle regions every
+    :data:`CLEAN_INTERVAL` seconds), the **probe** (every
+    ``probe_interval`` seconds a device that failed by *vanishing* -- ENXIO,
+    ENODEV, ENOENT, ENOTCONN ... -- is looked for again and brought back
+    when its label answers; a device that failed with EIO, a sick disk,
+    waits for ``vv device online``) and the **resync jobs**.
+
+Bringing a device back (``vv device online``, the probe, ``vv device
+replace``) is driven by the configuration: the management call commits a
+*resync record* ``{"kind": "resync", "id": DEV, "device": DEV}`` in
+``Pool.operations`` with the device still ``failed``; whenever the node
+applies a configuration holding such a record (right after the call, or at
+start after a crash) it opens the device, checks its label, loads its
+dirty log, makes it *resyncing* (written, not read) and runs a resync of
+every dirty region.  When that ends, one more call (``finish_resync``)
+commits the device ``ok`` and drops the record, and the device's uuid is
+removed from the stale lists of the other logs.  A record dropped by
+vvfsck only leaves the device ``failed``: nothing is lost.
+
+At start, bits found set in the logs (a crash) start a resync of those
+regions from the first healthy leg (reads use that leg meanwhile), and a
+device named stale by another device's log is resynced before it is read.
+
+API side
+--------
+The functions at the bottom implement the :class:`vvfs.api.Manager`
+methods: with a node (``mgr.mirrors`` set) they commit and leave the work
+to it; offline they run the same resync engine in a private trio loop
+(:func:`run_offline`), holding the state directory's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from mapper import mirrors as mmirrors
+from metadata import dirtylog, media
+from metadata import format as fmt
+from metadata.blockdev import DeviceIOError, FileDevice
+from metadata.errors import VVError
+from metadata.model import DeviceUUID, Pool, PoolUUID, Volume
+
+from .devio import DataDevice, io_limiter
+from .mirror import PoolMirror, ResyncJob
+
+if TYPE_CHECKING:
+    from .api import Manager
+    from .volio import PoolIO
+
+log = logging.getLogger(__name__)
+
+#: Default resync rate limit, bytes per second (``-o resync_rate=``; 0 = none).
+DEFAULT_RATE = 256 << 20
+#: Default seconds between probes of vanished devices (``-o probe_interval=``; 0 = none).
+DEFAULT_PROBE_INTERVAL = 5.0
+CLEAN_INTERVAL = 2.5
+RECORD_KIND = "resync"
+SEVERITIES = {"device-failed": "error", "volume-degraded": "warning", "path-failed": "warning",
+              "device-returned": "info", "resync-progress": "info", "resync-done": "info",
+              "resync-failed": "error", "config-changed": "info"}
+
+
+class ResyncError(VVError):
+    """A resync, return or replacement cannot be done as asked."""
+
+
+def resync_records(pool: Pool) -> list[dict[str, Any]]:
+    return [op for op in pool.operations
+            if isinstance(op, dict) and op.get("kind") == RECORD_KIND and op.get("device")]
+
+
+# ---------------------------------------------------------------------------
+# the node's service
+
+
+class Mirrors:
+    """The node's mirror service (see the module docstring)."""
+
+    def __init__(self, node: Any, *, rate: int | None = DEFAULT_RATE,
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL) -> None:
+        self.node = node
+        self.rate = rate or None
+        self.probe_interval = probe_interval
+        self.pools: dict[PoolUUID, PoolMirror] = {}
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._later: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._events: list[tuple[str | None, str, str, str, str]] = []
+        self._events_wake = trio.Event()
+        #: set (and replaced) after events reached the catalog: followers wake on it
+        self.events_written = trio.Event()
+        self._fails: list[tuple[PoolUUID, DeviceUUID]] = []
+        self._fails_wake = trio.Event()
+        self._bringing: set[tuple[str, str]] = set()
+        self._probing: set[tuple[str, str]] = set()
+
+    # -- running --------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run the background tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._token = trio.lowlevel.current_trio_token()
+            nursery.start_soon(self._event_writer)
+            nursery.start_soon(self._committer)
+            nursery.start_soon(self._cleaner)
+            if self.probe_interval > 0:
+                nursery.start_soon(self._prober)
+            later, self._later = self._later, []
+            for fn, args in later:
+                nursery.start_soon(fn, *args)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start a background task now, or once :meth:`run` runs.
+
+        A VVError it raises (a device, a commit) is logged, not allowed to
+        stop the node; anything else is a bug and propagates.
+        """
+        if self._nursery is None:
+            self._later.append((_logged, (fn, *args)))
+        else:
+            self._nursery.start_soon(_logged, fn, *args)
+
+    def from_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run async *fn* on the node's trio thread from a Manager call's worker thread."""
+        if self._token is None:
+            raise ResyncError("the node is not running its mirror service yet")
+        return trio.from_thread.run(fn, *args, trio_token=self._token)
+
+    async def close(self) -> None:
+        """Before the devices close: clear what can be cleared, write the logs, the events."""
+        for pm in self.pools.values():
+            with contextlib.suppress(DeviceIOError):
+                await pm.clean(idle=0, force=0)
+        await self._write_events()
+
+    # -- pools (trio thread, called by the node) -------------------------------
+
+    def pool_changed(self, pio: PoolIO) -> None:
+        """Attach the pool's mirror to its volumes (after open or a new configuration)."""
+        pm = self.pools.get(pio.uuid)
+        if pm is None:
+            pm = self.pools[pio.uuid] = PoolMirror(
+                pio.pool, pio.devices, emit=functools.partial(self.emit, pio.uuid),
+                spawn=self.spawn, on_failed=functools.partial(self._on_failed, pio.uuid),
+                on_retire=self._on_retire)
+        else:
+            pm.swap(pio.pool)
+        jobs = getattr(self.node, "jobs", None)
+        guard = jobs.guards.get(pio.uuid) if jobs is not None else None
+        pm.checksums = guard.store if guard is not None else None
+        for vio in pio.volumes.values():
+            vio.mirror = pm
+        for d in pio.pool.devices:  # failed in the configuration: out of service, quietly
+            if d.state == "failed" and d.uuid not in pio.devices:
+                pm.note_failed(d.uuid, "failed in the configuration")
+        for d in pio.pool.devices:
+            dev = pio.devices.get(d.uuid)
+            if dev is not None and d.paths:
+                dev.set_paths(d.paths)
+
+    async def pool_loaded(self, pio: PoolIO) -> None:
+        """After the node opened a pool: load logs, start what a crash left to do."""
+        pm = self.pools[pio.uuid]
+        await pm.attach_devices()
+        regions, stale = pm.dirty_at_start()
+        stale_here = {DeviceUUID(u) for u in stale if u in pm.devices}
+        if regions or stale_here:
+            pm.needs_resync = True
+            pm.resyncing |= stale_here
+            job = pm.new_job("crash", stale_here, self.rate)
+            log.warning("pool %s: %d dirty regions at start%s; resyncing them", pio.name,
+                        regions, f", stale devices {sorted(pm.name_of(u) for u in stale_here)}"
+                        if stale_here else "")
+            self.spawn(self._run_job, pm, job, False)
+        self._apply_records(pm)
+
+    async def pool_updated(self, pio: PoolIO) -> None:
+        """After the node applied a new configuration of an open pool."""
+        pm = self.pools.get(pio.uuid)
+        if pm is None:
+            return
+        await pm.attach_devices()
+        self._apply_records(pm)
+
+    async def pool_dropped(self, pool_uuid: str) -> None:
+        pm = self.pools.pop(PoolUUID(pool_uuid), None)
+        if pm is not None:
+            with contextlib.suppress(DeviceIOError):
+                await pm.clean(idle=0, force=0)
+
+    def is_failed(self, pool_uuid: str, device: str) -> bool:
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        return pm is not None and device in pm.failed
+
+    def is_busy(self, pool_uuid: str, device: str) -> bool:
+        """Is *device* resyncing or about to be brought back?"""
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        return (pm is not None and device in pm.resyncing) or (pool_uuid, device) in self._bringing
+
+    # -- events ---------------------------------------------------------------
+
+    def emit(self, pool_uuid: str | None, kind: str, severity: str, obj: str, message: str
+             ) -> None:
+        """Queue an event for the catalog (no I/O here)."""
+        level = {"error": logging.ERROR, "warning": logging.WARNING}.get(severity, logging.INFO)
+        log.log(level, "event %s: %s", kind, message)
+        self._events.append((pool_uuid, kind, severity, obj, message))
+        self._events_wake.set()
+
+    async def _write_events(self) -> None:
+        while self._events:
+            batch, self._events = self._events, []
+            catalog = self.node.manager.catalog
+            try:
+                await trio.to_thread.run_sync(_add_events, catalog, batch)
+            except VVError as exc:
+                log.error("events not recorded in the catalog: %s", exc)
+        self.events_written.set()
+        self.events_written = trio.Event()
+
+    async def _event_writer(self) -> None:
+        while True:
+            await self._events_wake.wait()
+            self._events_wake = trio.Event()
+            await self._write_events()
+
+    async def wait_events(self, timeout: float) -> None:
+        """Return when new events were written by this node, or after *timeout* seconds."""
+        with trio.move_on_after(timeout):
+            await self.events_written.wait()
+
+    # -- failures -------------------------------------------------------------
+
+    def _on_failed(self, pool_uuid: str, device: DeviceUUID) -> None:
+        self._fails.append((PoolUUID(pool_uuid), device))
+        self._fails_wake.set()
+
+    def _on_retire(self, dev: DataDevice) -> None:
+        self.spawn(_close_when_idle, dev)
+
+    async def _committer(self) -> None:
+        while True:
+            await self._fails_wake.wait()
+            self._fails_wake = trio.Event()
+            while self._fails:
+                pool_uuid, device = self._fails.pop(0)
+                pm = self.pools.get(pool_uuid)
+                if pm is None or device not in pm.failed:
+                    continue
+                fd = pm.failed[device]
+                try:
+                    await self.node.call("fail_device", {"pool_name": pm.pool.name,
+                                                         "key": device, "reason": fd.error,
+                                                         "only_if_failed": True})
+                except VVError as exc:
+                    log.error("pool %s: failure of %s not committed: %s; retrying",
+                              pm.pool.name, fd.name, exc)
+                    await trio.sleep(5)
+                    self._fails.append((pool_uuid, device))
+
+    async def fail_now(self, pool_uuid: str, device: str, reason: str) -> bool:
+        """Fail *device* in the data path (if not yet) and record it; False if not failed."""
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        if pm is None:
+            return False
+        if device not in pm.failed:
+            pm.fail(DeviceUUID(device), ResyncError("taken out of service"
+                                                    + (f": {reason}" if reason else "")))
+        await pm.record_failure(DeviceUUID(device))
+        return device in pm.failed
+
+    # -- background loops -------------------------------------------------------
+
+    async def _cleaner(self) -> None:
+        while True:
+            await trio.sleep(CLEAN_INTERVAL)
+            for pm in list(self.pools.values()):
+                try:
+                    await pm.clean()
+                except DeviceIOError as exc:
+                    log.error("pool %s: cleaning the dirty log failed: %s", pm.pool.name, exc)
+
+    async def _prober(self) -> None:
+        while True:
+            await trio.sleep(self.probe_interval)
+            for pm in list(self.pools.values()):
+                for fd in list(pm.failed.values()):
+                    key = (pm.pool.uuid, fd.uuid)
+                    if not fd.vanished or key in self._probing or key in self._bringing:
+                        continue
+                    self.spawn(self._probe, pm, fd.uuid)
+
+    async def _probe(self, pm: PoolMirror, device: DeviceUUID) -> None:
+        key = (pm.pool.uuid, device)
+        self._probing.add(key)
+        try:
+            path = self._path_of(pm, device)
+            if path is None:
+                return
+            try:
+                await trio.to_thread.run_sync(_check_label, path, pm.pool.uuid, device)
+            except VVError:
+                return
+            log.info("pool %s: device %s answers again at %s", pm.pool.name,
+                     pm.name_of(device), path)
+            with contextlib.suppress(VVError):
+                await self.node.call("online_device", {"pool_name": pm.pool.name,
+                                                       "key": device})
+        finally:
+            self._probing.discard(key)
+
+    # -- bringing devices back --------------------------------------------------
+
+    def _path_of(self, pm: PoolMirror, device: str) -> str | None:
+        try:
+            paths = self.node.manager.catalog.device_paths(pm.pool.uuid)
+        except VVError:
+            paths = {}
+        if device in paths:
+            return paths[device]
+        dev = next((d for d in pm.pool.devices if d.uuid == device), None)
+        return dev.paths[0] if dev is not None and dev.paths else None
+
+    def _apply_records(self, pm: PoolMirror) -> None:
+        for rec in resync_records(pm.pool):
+            device = DeviceUUID(str(rec["device"]))
+            key = (pm.pool.uuid, device)
+            if key in self._bringing or device in pm.resyncing:
+                continue
+            if not any(d.uuid == device for d in pm.pool.devices):
+                continue
+            self._bringing.add(key)
+            rate = rec.get("rate")
+            self.spawn(self._bring_back, pm, device, int(rate) if rate else self.rate,
+                       str(rec.get("reason", "returning")))
+
+    async def _bring_back(self, pm: PoolMirror, device: DeviceUUID, rate: int | None,
+                          kind: str) -> None:
+        key = (pm.pool.uuid, device)
+        name = pm.name_of(device)
+        try:
+            if device not in pm.devices:
+                path = self._path_of(pm, device)
+                if path is None:
+                    raise ResyncError(f"device {name} has no known path")
+                cfg = next(d for d in pm.pool.devices if d.uuid == device)
+                alternates = [p for p in cfg.paths if p != path]
+                dev = await trio.to_thread.run_sync(functools.partial(
+                    _open_checked, path, pm.pool.uuid, device, self.node.limiter,
+                    self.node.direct, alternates))
+                pm.failed.pop(device, None)
+                pm.devices[device] = dev
+                pm.resyncing.add(device)
+                await pm.attach_devices()
+                if device not in pm.devices:
+                    raise ResyncError(f"device {name} failed again while its log was read")
+                pm.emit("device-returned", "info", name,
+                        f"device {name} is back at {path}; resyncing its dirty ranges"
+                        if kind != "replace" else
+                        f"device {name} ({path}) replaces a device; rebuilding it")
+            else:
+                pm.resyncing.add(device)
+            job = pm.new_job(kind, {device}, rate)
+            await self._run_job(pm, job, True)
+        except (VVError, OSError) as exc:
+            pm.emit("resync-failed", "error", name, f"device {name} cannot be brought back:"
+                    f" {exc}")
+            if device in pm.devices and device not in pm.failed:
+                pm.fail(device, DeviceIOError(name, 0, str(exc), errno.EIO))
+        finally:
+            self._bringing.discard(key)
+
+    async def _run_job(self, pm: PoolMirror, job: ResyncJob, commit: bool) -> None:
+        await pm.resync(job)
+        names = pm.names
+        what = ", ".join(sorted(names.get(t, t) for t in job.targets)) or pm.pool.name
+        if job.state != "done":
+            pm.emit("resync-failed", "error", what, f"resync {job.id} ({job.kind}) of {what}"
+                    f" stopped: {job.error}")
+            return
+        if commit:
+            for t in job.targets:
+                await self.node.call("finish_resync", {"pool_name": pm.pool.name,
+                                                       "key": t})
+        for t in job.targets:
+            pm.resyncing.discard(t)
+        for u, lg in list(pm.logs.items()):
+            if u in pm.devices and lg.stale & job.targets:
+                try:
+                    await lg.set_stale(remove=job.targets)
+                except DeviceIOError as exc:
+                    pm.fail(u, exc)
+        pm.emit("resync-done", "info", what,
+                f"resync {job.id} ({job.kind}) of {what} done: {job.done} bytes copied"
+                f" ({job.regions} regions) in {job.finished - job.started:.1f}s"
+                if job.finished else f"resync {job.id} done")
+
+    # -- calls from Manager methods (through from_thread) -----------------------
+
+    async def start_resync(self, pool_uuid: str, rate: int | None) -> dict[str, Any]:
+        pm = self._pm(pool_uuid)
+        job = pm.running_job()
+        if job is None:
+            job = pm.new_job("manual", (), rate or self.rate)
+            self.spawn(self._run_job, pm, job, False)
+        return job.progress(pm.names)
+
+    async def mark_ranges(self, pool_uuid: str, ranges: list[tuple[str, int, int]]) -> int:
+        return await self._pm(pool_uuid).mark_ranges(ranges)
+
+    async def status(self, pool_uuid: str) -> dict[str, Any]:
+        pm = self._pm(pool_uuid)
+        names = pm.names
+        return {"jobs": [j.progress(names) for j in pm.jobs],
+                "dirty_regions": {names.get(u, u): len(lg.set_regions)
+                                  for u, lg in pm.logs.items()},
+                "failed": sorted(names.get(u, u) for u in pm.failed),
+                "resyncing": sorted(names.get(u, u) for u in pm.resyncing),
+                "bringing_back": sorted(names.get(d, d) for p, d in self._bringing
+                                        if p == pool_uuid)}
+
+    async def device_paths(self, pool_uuid: str, device: str) -> list[dict[str, str]] | None:
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        dev = pm.devices.get(DeviceUUID(device)) if pm is not None else None
+        if dev is None:
+            return None
+        return [{"path": p, "state": dev.path_state[p]} for p in dev.paths]
+
+    def _pm(self, pool_uuid: str) -> PoolMirror:
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        if pm is None:
+            raise ResyncError(f"pool {pool_uuid} is not served by this node")
+        return pm
+
+    # -- status -----------------------------------------------------------------
+
+    def pool_status(self, pio: PoolIO) -> dict[str, Any]:
+        pm = self.pools.get(pio.uuid)
+        if pm is None:
+            return {}
+        return {"devices": {d.uuid: pm.device_state(d.uuid, d.state) for d in pio.pool.devices},
+                "volumes": {v.uuid: pm.volume_state(v) if v.mirrors > 1 else
+                            ("failed" if pm.volume_state(v) == "failed" else "ok")
+                            for v in pio.pool.volumes},
+                "mirror": pm.statistics()}
+
+
+async def _logged(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except VVError as exc:
+        log.error("background %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def _add_events(catalog: Any, batch: list[tuple[str | None, str, str, str, str]]) -> None:
+    for pool_uuid, kind, severity, obj, message in batch:
+        catalog.add_event(pool_uuid, kind, severity, obj, message)
+
+
+async def _close_when_idle(dev: DataDevice) -> None:
+    while dev.stats.in_flight:
+        await trio.sleep(0.05)
+    dev.close()
+
+
+def _check_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
+    """The label at *path*; ResyncError unless it is device *device* of pool *pool_uuid*."""
+    try:
+        with FileDevice(path, readonly=True) as f:
+            label, _errors = media.read_label(f)
+    except DeviceIOError as exc:
+        raise ResyncError(f"{path}: {exc}") from None
+    if label is None:
+        raise ResyncError(f"{path}: no readable vvfs label")
+    if (label.pool_uuid, label.device_uuid) != (pool_uuid, device):
+        raise ResyncError(f"{path}: carries device {label.device_uuid} of pool"
+                          f" {label.pool_uuid}, not the device expected")
+    return label
+
+
+def _open_checked(path: str, pool_uuid: str, device: str, limiter: trio.CapacityLimiter,
+                  direct: bool, alternates: list[str]) -> DataDevice:
+    _check_label(path, pool_uuid, device)
+    return DataDevice(path, device, limiter, direct=direct, alternates=alternates)
+
+
+# ---------------------------------------------------------------------------
+# configuration-changed events
+
+
+def describe_change(old: Pool | None, new: Pool) -> str:
+    """One line saying what generation *new* changed against *old*."""
+    if old is None:
+        return f"generation {new.generation}"
+    parts = []
+    ov, nv = {v.uuid: v for v in old.volumes}, {v.uuid: v for v in new.volumes}
+    for u in nv.keys() - ov.keys():
+        parts.append(f"volume {nv[u].name} created")
+    for u in ov.keys() - nv.keys():
+        parts.append(f"volume {ov[u].name} removed")
+    for u in nv.keys() & ov.keys():
+        a, b = ov[u], nv[u]
+        if a.name != b.name:
+            parts.append(f"volume {a.name} renamed {b.name}")
+        if a.size != b.size:
+            parts.append(f"volume {b.name} resized to {b.size}")
+        if a.read_policy != b.read_policy:
+            parts.append(f"volume {b.name} reads {b.read_policy}")
+        if a.segments != b.segments and a.size == b.size:
+            parts.append(f"volume {b.name} remapped")
+    od, nd = {d.uuid: d for d in old.devices}, {d.uuid: d for d in new.devices}
+    for du in nd.keys() - od.keys():
+        parts.append(f"device {nd[du].name} added")
+    for du in od.keys() - nd.keys():
+        parts.append(f"device {od[du].name} removed")
+    for du in nd.keys() & od.keys():
+        if od[du].state != nd[du].state:
+            parts.append(f"device {nd[du].name} {nd[du].state}")
+        if od[du].paths != nd[du].paths:
+            parts.append(f"device {nd[du].name} paths {','.join(nd[du].paths)}")
+    if old.operations != new.operations:
+        parts.append("operations " + (", ".join(str(o.get("kind", "?")) for o in new.operations
+                                                if isinstance(o, dict)) or "none"))
+    if old.active_host != new.active_host:
+        parts.append(f"host {new.active_host or 'none'}")
+    return f"generation {new.generation}: " + ("; ".join(parts) or "committed")
+
+
+def record_commit(mgr: Manager, old: Pool | None, new: Pool) -> None:
+    """Add a config-changed event for a commit (errors are logged, never raised)."""
+    try:
+        mgr.catalog.add_event(new.uuid, "config-changed", "info", new.name,
+                              describe_change(old, new))
+    except VVError as exc:
+        log.warning("config-changed event not recorded: %s", exc)
+
+
+# ---------------------------------------------------------------------------
+# API side (vvfs.api.Manager methods)
+
+
+def _service(mgr: Manager) -> Mirrors | None:
+    return getattr(mgr, "mirrors", None)
+
+
+def _held(mgr: Manager) -> contextlib.AbstractContextManager[None]:
+    """Hold the state directory's lock across several steps (a node holds it already)."""
+    if getattr(mgr, "_lock_held", False):
+        return contextlib.nullcontext()
+    return mgr.holding_lock("vv resync")
+
+
+def list_events(mgr: Manager, pool: str | None, since: int, limit: int) -> list[dict[str, Any]]:
+    uuid = None
+    if pool is not None:
+        row = mgr.catalog.find_pool(pool)
+        uuid = row.uuid if row is not None else pool
+    names: dict[str, str] = {row.uuid: row.name for row in mgr.catalog.pools()}
+    return [event_doc(e, names) for e in mgr.catalog.events(uuid, since, limit)]
+
+
+def event_doc(e: Any, names: dict[str, str]) -> dict[str, Any]:
+    return {"id": e.id, "time": e.time, "pool": names.get(e.pool_uuid, e.pool_uuid),
+            "pool_uuid": e.pool_uuid, "kind": e.kind, "severity": e.severity,
+            "object": e.object, "message": e.message}
+
+
+def set_volume(mgr: Manager, path: str, read_policy: str | None) -> Volume:
+    pool_name, name = mgr._split(path)
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        new = op.pool
+        if read_policy is not None:
+            new = mmirrors.set_read_policy(new, name, read_policy)
+        if new is not op.pool:
+            new = mgr._commit(op, new)
+        return new.volume(name)
+
+
+def device_paths(mgr: Manager, pool_name: str, key: str, add: str | None,
+                 remove: str | None) -> dict[str, Any]:
+    svc = _service(mgr)
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        dev = op.pool.device(key)
+        paths = list(dev.paths) or ([op.paths[dev.uuid]] if dev.uuid in op.paths else [])
+        if add is not None:
+            add = os.path.abspath(add)
+            if add in paths:
+                from .api import RefusedError
+
+                raise RefusedError(f"{add} is already a path of device {dev.name}")
+            try:
+                _check_label(add, op.pool.uuid, dev.uuid)
+            except ResyncError as exc:
+                from .api import RefusedError
+
+                raise RefusedError(f"{exc}; only another path to device {dev.name} can be"
+                                   " added") from None
+            paths.append(add)
+        if remove is not None:
+            remove = os.path.abspath(remove)
+            if remove not in paths:
+                from .api import NotFoundError
+
+                raise NotFoundError(f"{remove} is not a path of device {dev.name}")
+            if len(paths) == 1:
+                from .api import RefusedError
+
+                raise RefusedError(f"{remove} is the only path of device {dev.name}")
+            paths.remove(remove)
+        if paths != dev.paths:
+            new = mgr._commit(op, mmirrors.set_device_paths(op.pool, dev.uuid, paths))
+            dev = new.device(dev.uuid)
+        live = svc.from_thread(svc.device_paths, op.pool.uuid, dev.uuid) if svc else None
+        states = {p["path"]: p["state"] for p in live or []}
+        return {"device": dev.name, "uuid": dev.uuid,
+                "paths": [{"path": p, "state": states.get(p, "-" if live is None else
+                                                          "standby"),
+                           "primary": i == 0} for i, p in enumerate(dev.paths)]}
+
+
+def fail_device(mgr: Manager, pool_name: str, key: str, reason: str, only_if_failed: bool
+                ) -> dict[str, Any]:
+    svc = _service(mgr)
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        dev = op.pool.device(key)
+        if svc is not None:
+            failed = svc.from_thread(svc.fail_now, op.pool.uuid, dev.uuid, reason) \
+                if not only_if_failed or svc.is_failed(op.pool.uuid, dev.uuid) else False
+            if not failed and only_if_failed:
+                return {"device": dev.name, "state": dev.state}
+        else:
+            _mark_stale_offline(op, dev.uuid)
+        if dev.state != "failed":
+            new = mgr._commit(op, mmirrors.set_device_state(op.pool, dev.uuid, "failed"))
+            dev = new.device(dev.uuid)
+        return {"device": dev.name, "state": dev.state}
+
+
+def _mark_stale_offline(op: Any, device: str) -> None:
+    """Offline: name *device* stale in the log of every other present device."""
+    for s in op.choice.scans:
+        if s.device_uuid == device or s.device_uuid is None:
+            continue
+        d = next((x for x in op.pool.devices if x.uuid == s.device_uuid), None)
+        geo = dirtylog.geometry(d, op.pool.extent_size) if d is not None else None
+        if d is None or geo is None:
+            continue
+        image = dirtylog.read_log(s.dev, geo, op.pool.uuid, d.uuid)
+        image.stale.add(device)
+        image.sequence += 1
+        dirtylog.write_log(s.dev, image, op.pool.uuid, d.uuid)
+
+
+def online_device(mgr: Manager, pool_name: str, key: str, rate: int | None) -> dict[str, Any]:
+    with _held(mgr):
+        return _online(mgr, pool_name, key, rate)
+
+
+def _online(mgr: Manager, pool_name: str, key: str, rate: int | None) -> dict[str, Any]:
+    svc = _service(mgr)
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        dev = op.pool.device(key)
+        failed_here = svc is not None and svc.is_failed(op.pool.uuid, dev.uuid)
+        recorded = any(r["device"] == dev.uuid for r in resync_records(op.pool))
+        if dev.state != "failed" and not failed_here:
+            if svc is not None and svc.is_busy(op.pool.uuid, dev.uuid):
+                return {"device": dev.name, "state": "resyncing"}
+            from .api import RefusedError
+
+            raise RefusedError(f"device {dev.name} has not failed; 'vv device resync"
+                               f" {pool_name}' resyncs dirty ranges")
+        if _locate(mgr, op, dev) is None:
+            from .api import RefusedError
+
+            raise RefusedError(f"device {dev.name} cannot be found: no readable label on its"
+                               f" paths ({', '.join(dev.paths) or 'none'}) or the search paths")
+        if dev.state != "failed" or not recorded:
+            new = mmirrors.set_device_state(op.pool, dev.uuid, "failed")
+            if not recorded:
+                new.operations.append(_record(dev.uuid, rate, "returning"))
+            mgr._commit(op, new)
+        if svc is not None:
+            return {"device": dev.name, "state": "queued"}
+        return _finish_offline(mgr, op, dev.uuid, rate, "returning")
+
+
+def _locate(mgr: Manager, op: Any, dev: Any) -> str | None:
+    """Where device *dev* answers with its label now (recorded in ``op.paths``), or None.
+
+    A device that failed is not remembered by the catalog any more: look at
+    its configured paths, then on the search paths.
+    """
+    if dev.uuid in op.paths:
+        return str(op.paths[dev.uuid])
+    for path in dev.paths:
+        with contextlib.suppress(ResyncError):
+            _check_label(path, op.pool.uuid, dev.uuid)
+            op.paths[dev.uuid] = path
+            return str(path)
+    from .discovery import discover
+
+    found = discover(mgr.state.config.search_paths, skip=list(op.paths.values()))
+    try:
+        for s in found.pools.get(op.pool.uuid, []):
+            if s.device_uuid == dev.uuid:
+                op.paths[dev.uuid] = s.name
+                return str(s.name)
+    finally:
+        found.close()
+    return None
+
+
+def _record(device: str, rate: int | None, reason: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {"kind": RECORD_KIND, "id": device, "device": device,
+                           "reason": reason, "started": time.time()}
+    if rate:
+        rec["rate"] = rate
+    return rec
+
+
+def finish_resync(mgr: Manager, pool_name: str, key: str) -> dict[str, Any]:
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        dev = op.pool.device(key)
+        new = op.pool.copy()
+        new.operations = [o for o in new.operations
+                          if not (isinstance(o, dict) and o.get("kind") == RECORD_KIND
+                                  and o.get("device") == dev.uuid)]
+        new.device(dev.uuid).state = "ok"
+        if new.to_dict() != op.pool.to_dict():
+            mgr._commit(op, new)
+        return {"device": dev.name, "state": "ok"}
+
+
+def resync_pool(mgr: Manager, pool_name: str, key: str | None, rate: int | None
+                ) -> dict[str, Any]:
+    with _held(mgr):
+        return _resync_pool(mgr, pool_name, key, rate)
+
+
+def _resync_pool(mgr: Manager, pool_name: str, key: str | None, rate: int | None
+                 ) -> dict[str, Any]:
+    svc = _service(mgr)
+    if key is not None:
+        with mgr._reading(pool_name) as op:
+            dev = op.pool.device(key)
+            failed = dev.state == "failed" or (svc is not None
+                                               and svc.is_failed(op.pool.uuid, dev.uuid))
+        if failed:
+            return _online(mgr, pool_name, key, rate)
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        if svc is not None:
+            return dict(svc.from_thread(svc.start_resync, op.pool.uuid, rate))
+        return run_offline(mgr, op, set(), rate, "manual")
+
+
+def resync_status(mgr: Manager, pool_name: str) -> dict[str, Any]:
+    svc = _service(mgr)
+    if svc is not None:
+        uuid = mgr._pool_uuid(pool_name)
+        return dict(svc.from_thread(svc.status, uuid))
+    with mgr._reading(pool_name) as op:
+        dirty = {}
+        for s in op.choice.scans:
+            d = next((x for x in op.pool.devices if x.uuid == s.device_uuid), None)
+            geo = dirtylog.geometry(d, op.pool.extent_size) if d is not None else None
+            if geo is not None:
+                image = dirtylog.read_log(s.dev, geo, op.pool.uuid, d.uuid)  # type: ignore[union-attr]
+                dirty[d.name] = len(image.dirty())  # type: ignore[union-attr]
+        return {"jobs": [], "dirty_regions": dirty,
+                "failed": [d.name for d in op.pool.devices if d.state == "failed"],
+                "resyncing": [], "bringing_back": []}
+
+
+def replace_device(mgr: Manager, pool_name: str, old: str, new_path: str, force: bool,
+                   rate: int | None) -> dict[str, Any]:
+    with _held(mgr):
+        return _replace(mgr, pool_name, old, new_path, force, rate)
+
+
+def _replace(mgr: Manager, pool_name: str, old: str, new_path: str, force: bool,
+             rate: int | None) -> dict[str, Any]:
+    from .api import RefusedError
+
+    svc = _service(mgr)
+    with mgr._changing(pool_name, allow_missing=True) as op:
+        olddev = op.pool.device(old)
+        if svc is not None and svc.is_busy(op.pool.uuid, olddev.uuid):
+            raise RefusedError(f"device {olddev.name} is being resynced; wait for it")
+        size = mgr._check_claimable(new_path, force)
+        ref = next(s.label for s in op.choice.scans if s.label is not None)
+        dev, label, device = mgr._claim(new_path, op.pool.uuid, op.pool.extent_size,
+                                        ref.geometry.area_size, size, force, olddev.tier,
+                                        olddev.protection, olddev.cost, olddev.name)
+        try:
+            new = mmirrors.replace_device(op.pool, olddev.uuid, device)
+            new.operations.append(_record(device.uuid, rate, "replace"))
+            index = mmirrors.MirrorIndex(new)
+            ranges = [(loc.device, loc.offset, s.length)
+                      for off, n in index.extent_ranges(device.uuid)
+                      for s in index.spans(device.uuid, off, n)
+                      for loc in s.legs if loc.device != device.uuid]
+            if svc is not None:
+                # OLD leaves the data path first, so that nothing clears these bits
+                # (its copies are no longer all in service) before NEW is rebuilt
+                svc.from_thread(svc.fail_now, op.pool.uuid, olddev.uuid,
+                                f"being replaced by {new_path}")
+                svc.from_thread(svc.mark_ranges, op.pool.uuid, ranges)
+            else:
+                _mark_ranges_offline(op, ranges)
+            op.paths[device.uuid] = os.path.abspath(new_path)
+            mgr._commit(op, new)
+        except BaseException:
+            op.paths.pop(device.uuid, None)
+            with contextlib.suppress(DeviceIOError):
+                mgr._unclaim(dev, label)
+            raise
+        finally:
+            dev.close()
+        mgr._remember_dir(new_path)
+        for s in op.choice.scans:
+            if s.device_uuid == olddev.uuid and s.label is not None:
+                with contextlib.suppress(DeviceIOError):
+                    mgr._unclaim(s.dev, s.label)  # type: ignore[arg-type]
+        if svc is not None:
+            return {"device": device.name, "uuid": device.uuid, "replaced": olddev.uuid,
+                    "state": "queued"}
+        out = _finish_offline(mgr, op, device.uuid, rate, "replace",
+                              {device.uuid: os.path.abspath(new_path)})
+        out.update({"uuid": device.uuid, "replaced": olddev.uuid})
+        return out
+
+
+def _mark_ranges_offline(op: Any, ranges: Sequence[tuple[str, int, int]]) -> None:
+    by_dev: dict[str, list[tuple[int, int]]] = {}
+    for d, off, n in ranges:
+        by_dev.setdefault(d, []).append((off, n))
+    for s in op.choice.scans:
+        if s.device_uuid not in by_dev:
+            continue
+        d = next(x for x in op.pool.devices if x.uuid == s.device_uuid)
+        geo = dirtylog.geometry(d, op.pool.extent_size)
+        if geo is None:
+            continue
+        image = dirtylog.read_log(s.dev, geo, op.pool.uuid, d.uuid)
+        for off, n in by_dev[s.device_uuid]:
+            for r in geo.regions_of(off, n):
+                dirtylog.set_bit(image.bits, r)
+        dirtylog.write_log(s.dev, image, op.pool.uuid, d.uuid)
+
+
+def _finish_offline(mgr: Manager, op: Any, device: str, rate: int | None, kind: str,
+                    extra_paths: dict[str, str] | None = None) -> dict[str, Any]:
+    out = run_offline(mgr, op, {device}, rate, kind, extra_paths)
+    if out.get("state") == "done":
+        finish_resync(mgr, op.pool.name, device)
+    name = next((d.name for d in op.pool.devices if d.uuid == device), device)
+    return {"device": name, **out}
+
+
+def run_offline(mgr: Manager, op: Any, targets: set[str], rate: int | None, kind: str,
+                extra_paths: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a resync of pool *op* in a private trio loop (no node); return its progress."""
+    pool: Pool = op.pool
+    paths = {s.device_uuid: s.name for s in op.choice.scans if s.device_uuid}
+    paths.update(op.paths)
+    paths.update(extra_paths or {})
+    progress: Callable[[dict[str, Any]], None] | None = getattr(mgr, "progress", None)
+
+    def emit(kind_: str, severity: str, obj: str, message: str) -> None:
+        with contextlib.suppress(VVError):
+            mgr.catalog.add_event(pool.uuid, kind_, severity, obj, message)
+
+    async def main() -> dict[str, Any]:
+        limiter = io_limiter(8)
+        devs: dict[DeviceUUID, DataDevice] = {}
+        try:
+            for d in pool.devices:
+                if (d.state == "ok" or d.uuid in targets) and d.uuid in paths:
+                    with contextlib.suppress(DeviceIOError):
+                        devs[d.uuid] = DataDevice(paths[d.uuid], d.uuid, limiter)
+            for t in targets:
+                if t not in devs:
+                    raise ResyncError(f"device {t} cannot be opened")
+            from .checksums import ChecksumStore
+
+            pm = PoolMirror(pool, devs, emit=emit)
+            pm.checksums = ChecksumStore(pool, devs)
+            await pm.attach_devices()
+            pm.resyncing |= {DeviceUUID(t) for t in targets}
+            job = pm.new_job(kind, {DeviceUUID(t) for t in targets}, rate)
+            async with trio.open_nursery() as nursery:
+                if progress is not None:
+                    nursery.start_soon(_report, job, pm, progress)
+                await pm.resync(job)
+                nursery.cancel_scope.cancel()
+            if job.state == "done":
+                for lg in pm.logs.values():
+                    if lg.stale & job.targets:
+                        await lg.set_stale(remove=job.targets)
+                emit("resync-done", "info", pm._job_object(job),
+                     f"resync ({kind}) done offline: {job.done} bytes copied")
+            else:
+                emit("resync-failed", "error", pm._job_object(job),
+                     f"resync ({kind}) stopped: {job.error}")
+            await pm.sync_logs()
+            await pm.flush_devices(set(devs))
+            if progress is not None:
+                progress(job.progress(pm.names))
+            return job.progress(pm.names)
+        finally:
+            for dev in devs.values():
+                dev.close()
+
+    return trio.run(main)
+
+
+async def _report(job: ResyncJob, pm: PoolMirror, progress: Callable[[dict[str, Any]], None]
+                  ) -> None:
+    while True:
+        progress(job.progress(pm.names))
+        await trio.sleep(0.2)
+
+
+def degraded_summary(pool: Pool) -> tuple[list[str], list[str]]:
+    """(failed device names, degraded mirrored volume names) of a configuration."""
+    failed = {d.uuid for d in pool.devices if d.state == "failed"}
+    vols = [v.name for v in pool.volumes
+            if any(a.device in failed for s in v.segments for leg in s.areas for a in leg)]
+    return [d.name for d in pool.devices if d.uuid in failed], vols
+
+
