@@ -51,6 +51,8 @@ import trio
 
 from metadata.blockdev import DeviceIOError
 
+from . import kaio
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -79,6 +81,8 @@ class DeviceStats:
 
     reads: int = 0
     reads_nowait: int = 0
+    #: calls done through kernel AIO (O_DIRECT only)
+    kaio: int = 0
     writes: int = 0
     flushes: int = 0
     flushes_skipped: int = 0
@@ -155,8 +159,11 @@ class DataDevice:
 
     async def preadv(self, bufs: Buffers, offset: int) -> None:
         """Fill *bufs*, in order, from the bytes starting at *offset*."""
-        total = sum(len(b) for b in bufs)
-        if not (total <= NOWAIT_MAX and self._read_nowait(bufs, offset, total)):
+        total = len(bufs[0]) if len(bufs) == 1 else sum(len(b) for b in bufs)
+        if self._aligned(offset, total):
+            if not await self._kaio(False, bufs, offset, total):
+                await self._run(self._preadv_sync, bufs, offset, total)
+        elif not (total <= NOWAIT_MAX and self._read_nowait(bufs, offset, total)):
             await self._run(self._preadv_sync, bufs, offset, total)
         self.stats.reads += 1
         self.stats.bytes_read += total
@@ -185,8 +192,9 @@ class DataDevice:
 
     async def pwritev(self, bufs: Buffers, offset: int) -> None:
         """Write *bufs*, in order, to the bytes starting at *offset*."""
-        total = sum(len(b) for b in bufs)
-        await self._run(self._pwritev_sync, bufs, offset, total)
+        total = len(bufs[0]) if len(bufs) == 1 else sum(len(b) for b in bufs)
+        if not (self._aligned(offset, total) and await self._kaio(True, bufs, offset, total)):
+            await self._run(self._pwritev_sync, bufs, offset, total)
         self.stats.writes += 1
         self.stats.bytes_written += total
         self._completed_writes += 1
@@ -205,7 +213,7 @@ class DataDevice:
         """Counters and state of this device (plain data)."""
         s = self.stats
         return {"path": self.path, "uuid": self.uuid, "direct": self.direct,
-                "reads": s.reads, "reads_nowait": s.reads_nowait, "writes": s.writes, "bytes_read": s.bytes_read,
+                "reads": s.reads, "reads_nowait": s.reads_nowait, "kaio": s.kaio, "writes": s.writes, "bytes_read": s.bytes_read,
                 "bytes_written": s.bytes_written, "flushes": s.flushes,
                 "flushes_skipped": s.flushes_skipped, "errors": s.errors,
                 "in_flight": s.in_flight, "dirty": self._completed_writes > self._durable_writes}
@@ -229,6 +237,20 @@ class DataDevice:
             raise
         finally:
             self.stats.in_flight -= 1
+
+    async def _kaio(self, write: bool, bufs: Buffers, offset: int, total: int) -> bool:
+        """Try the call through kernel AIO on the O_DIRECT descriptor (see vvfs.kaio)."""
+        eng = kaio.engine()
+        if eng is None:
+            return False
+        self.stats.in_flight += 1
+        try:
+            done = await eng.run(self._dfd, write, bufs, offset, total)
+        finally:
+            self.stats.in_flight -= 1
+        if done:
+            self.stats.kaio += 1
+        return done
 
     def _aligned(self, offset: int, total: int) -> bool:
         return self._dfd >= 0 and not (offset | total) % DIRECT_ALIGN
