@@ -10,8 +10,11 @@ Cache modes (a constructor option, see ``bench/fio_basic.sh``):
 * ``direct=False`` (buffered): the device is opened ``O_RDWR``; writes land
   in the host page cache and :meth:`DataDevice.flush` is ``fdatasync``.
 * ``direct=True``: a second descriptor is opened with ``O_DIRECT``; requests
-  whose offset and length are multiples of :data:`DIRECT_ALIGN` go through it
-  via a page-aligned bounce buffer (one per worker thread), the others through
+  whose offset and length are multiples of :data:`DIRECT_ALIGN` go through it,
+  first as kernel AIO submitted from the event loop (:mod:`vvfs.kaio`: no
+  thread, ``RWF_NOWAIT``, reusable page-aligned slot buffers), else in a
+  worker thread via a page-aligned bounce buffer (one per worker thread);
+  the others go through
   the buffered descriptor (the kernel keeps the two coherent: direct I/O
   writes back and invalidates cached pages of its range first).
   ``flush`` is still ``fdatasync``: O_DIRECT does not empty a disk's write
