@@ -10,8 +10,11 @@ Cache modes (a constructor option, see ``bench/fio_basic.sh``):
 * ``direct=False`` (buffered): the device is opened ``O_RDWR``; writes land
   in the host page cache and :meth:`DataDevice.flush` is ``fdatasync``.
 * ``direct=True``: a second descriptor is opened with ``O_DIRECT``; requests
-  whose offset and length are multiples of :data:`DIRECT_ALIGN` go through it
-  via a page-aligned bounce buffer (one per worker thread), the others through
+  whose offset and length are multiples of :data:`DIRECT_ALIGN` go through it,
+  first as kernel AIO submitted from the event loop (:mod:`vvfs.kaio`: no
+  thread, ``RWF_NOWAIT``, reusable page-aligned slot buffers), else in a
+  worker thread via a page-aligned bounce buffer (one per worker thread);
+  the others go through
   the buffered descriptor (the kernel keeps the two coherent: direct I/O
   writes back and invalidates cached pages of its range first).
   ``flush`` is still ``fdatasync``: O_DIRECT does not empty a disk's write
@@ -67,6 +70,8 @@ import trio
 
 from metadata.blockdev import DeviceIOError
 
+from . import kaio
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -101,6 +106,8 @@ class DeviceStats:
 
     reads: int = 0
     reads_nowait: int = 0
+    #: calls done through kernel AIO (O_DIRECT only)
+    kaio: int = 0
     writes: int = 0
     flushes: int = 0
     flushes_skipped: int = 0
@@ -192,8 +199,11 @@ class DataDevice:
 
     async def preadv(self, bufs: Buffers, offset: int) -> None:
         """Fill *bufs*, in order, from the bytes starting at *offset*."""
-        total = sum(len(b) for b in bufs)
-        if not (total <= NOWAIT_MAX and self._read_nowait(bufs, offset, total)):
+        total = len(bufs[0]) if len(bufs) == 1 else sum(len(b) for b in bufs)
+        if self._aligned(offset, total):
+            if not await self._kaio(False, bufs, offset, total):
+                await self._run(self._preadv_sync, bufs, offset, total)
+        elif not (total <= NOWAIT_MAX and self._read_nowait(bufs, offset, total)):
             await self._run(self._preadv_sync, bufs, offset, total)
         self.stats.reads += 1
         self.stats.bytes_read += total
@@ -222,8 +232,9 @@ class DataDevice:
 
     async def pwritev(self, bufs: Buffers, offset: int) -> None:
         """Write *bufs*, in order, to the bytes starting at *offset*."""
-        total = sum(len(b) for b in bufs)
-        await self._run(self._pwritev_sync, bufs, offset, total)
+        total = len(bufs[0]) if len(bufs) == 1 else sum(len(b) for b in bufs)
+        if not (self._aligned(offset, total) and await self._kaio(True, bufs, offset, total)):
+            await self._run(self._pwritev_sync, bufs, offset, total)
         self.stats.writes += 1
         self.stats.bytes_written += total
         self._completed_writes += 1
@@ -266,7 +277,8 @@ class DataDevice:
         s = self.stats
         return {"path": self.path, "uuid": self.uuid, "direct": self.direct,
                 "paths": [{"path": p, "state": self.path_state[p]} for p in self.paths],
-                "reads": s.reads, "reads_nowait": s.reads_nowait, "writes": s.writes, "bytes_read": s.bytes_read,
+                "reads": s.reads, "reads_nowait": s.reads_nowait, "kaio": s.kaio,
+                "writes": s.writes, "bytes_read": s.bytes_read,
                 "bytes_written": s.bytes_written, "flushes": s.flushes,
                 "flushes_skipped": s.flushes_skipped, "errors": s.errors,
                 "in_flight": s.in_flight, "dirty": self._completed_writes > self._durable_writes}
@@ -342,6 +354,20 @@ class DataDevice:
             if self.on_path_failed is not None:
                 self.on_path_failed(self, old, new, exc)
             return new is not None
+
+    async def _kaio(self, write: bool, bufs: Buffers, offset: int, total: int) -> bool:
+        """Try the call through kernel AIO on the O_DIRECT descriptor (see vvfs.kaio)."""
+        eng = kaio.engine()
+        if eng is None:
+            return False
+        self.stats.in_flight += 1
+        try:
+            done = await eng.run(self._dfd, write, bufs, offset, total)
+        finally:
+            self.stats.in_flight -= 1
+        if done:
+            self.stats.kaio += 1
+        return done
 
     def _aligned(self, offset: int, total: int) -> bool:
         return self._dfd >= 0 and not (offset | total) % DIRECT_ALIGN

@@ -28,13 +28,12 @@ check and the commit; :meth:`VolumeFS.unfence_all` lets them through.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import pyfuse3
@@ -268,7 +267,7 @@ class VolumeFS(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         log.debug("read fh %d %d+%d", fh, off, size)
-        with _translate("read"):
+        with _READ_ERRORS:
             # a bytearray serves as well as bytes (pyfuse3 takes any buffer)
             return await self._handles[fh].read(off, size)  # type: ignore[return-value]
 
@@ -276,7 +275,7 @@ class VolumeFS(pyfuse3.Operations):
         log.debug("write fh %d %d+%d", fh, off, len(buf))
         if self.readonly:
             raise FUSEError(errno.EROFS)
-        with _translate("write"):
+        with _WRITE_ERRORS:
             vio = self._handles[fh]
             if vio.guard is not None:  # range locks, checksums, moves: vvfs/guard.py
                 return await vio.guard.write(vio, off, buf)
@@ -287,7 +286,7 @@ class VolumeFS(pyfuse3.Operations):
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         log.debug("fsync fh %d datasync %s", fh, datasync)
-        with _translate("fsync"):
+        with _FSYNC_ERRORS:
             await self._handles[fh].flush()
 
     async def release(self, fh: int) -> None:
@@ -446,14 +445,29 @@ def _describe(old: Volume, new: Volume) -> str:
     return ", ".join(parts) or "nothing visible"
 
 
-@contextlib.contextmanager
-def _translate(what: str) -> Iterator[None]:
-    """Turn volume I/O errors into FUSEError (the only place this happens)."""
-    try:
-        yield
-    except NoSpaceError as exc:
-        log.debug("%s: %s", what, exc)
-        raise FUSEError(errno.ENOSPC) from None
-    except DeviceIOError as exc:
-        log.error("%s failed: %s", what, exc)
-        raise FUSEError(errno.EIO) from None
+class _Translate:
+    """Turn volume I/O errors into FUSEError (the only place this happens).
+
+    A class, not a ``contextlib.contextmanager``: it is entered on every
+    read and write, and one shared instance per operation costs nothing.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        if isinstance(exc, NoSpaceError):
+            log.debug("%s: %s", self.what, exc)
+            raise FUSEError(errno.ENOSPC) from None
+        if isinstance(exc, DeviceIOError):
+            log.error("%s failed: %s", self.what, exc)
+            raise FUSEError(errno.EIO) from None
+
+
+_READ_ERRORS, _WRITE_ERRORS, _FSYNC_ERRORS = (_Translate(w) for w in ("read", "write", "fsync"))

@@ -63,6 +63,13 @@ MAX_IO = 1 << 20
 #: refuses a max_read option that differs from what it negotiates.)
 FUSE_OPTIONS = ("fsname=vvfs", "subtype=vvfs", "allow_other", "default_permissions",
                 "nosuid", "nodev")
+#: pyfuse3 tasks kept reading /dev/fuse (each holds one request at a time).
+#: With pyfuse3's default of 1, a task that finds another reader waiting
+#: exits and a new one is spawned for the next busy moment: under a queue
+#: depth > 1 that is a task created and destroyed per request.
+FUSE_TASKS = 16
+#: At most this many FUSE requests are handled at once.
+FUSE_TASKS_MAX = 128
 PID_FILE = "node.pid"
 #: Seconds to wait for the kernel's FUSE INIT after mounting.
 INIT_TIMEOUT = 30
@@ -232,7 +239,7 @@ class Node:
 
     async def _main_loop(self, done: trio.Event, scope: trio.CancelScope) -> None:
         try:
-            await pyfuse3.main()
+            await pyfuse3.main(min_tasks=FUSE_TASKS, max_tasks=FUSE_TASKS_MAX)
         finally:
             self.state = "stopping"
             done.set()
