@@ -183,7 +183,7 @@ class Manager:
         if found.unsupported:
             for s in scans:
                 s.dev.close()
-            path, why = next(iter(found.unsupported.items()))
+            why = next(iter(found.unsupported.values()))
             raise RefusedError(why)
         have = {s.device_uuid for s in scans}
         if set(remembered) - have:
@@ -321,14 +321,7 @@ class Manager:
     @staticmethod
     def _unclaim(dev: FileDevice, label: fmt.Label) -> None:
         """Erase the labels and metadata areas written by a claim (undo)."""
-        g = label.geometry
-        for off in g.label_offsets:
-            dev.pwrite(bytes(fmt.LABEL_SIZE), off)
-        for area in g.area_offsets:
-            dev.pwrite(bytes(fmt.SLOTS_OFFSET), area)
-            for i in range(g.slot_count):
-                dev.pwrite(bytes(fmt.SLOT_HEADER_SIZE), area + fmt.SLOTS_OFFSET + i * g.slot_size)
-        dev.flush()
+        media.erase_metadata(dev, label)
 
     def _remember_dir(self, path: str) -> None:
         """Keep the directory of a file-backed device on the search paths."""

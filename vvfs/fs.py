@@ -40,7 +40,6 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-import mapper
 from metadata.blockdev import DeviceIOError
 from metadata.model import PoolUUID, Volume, VolumeUUID
 
@@ -297,10 +296,10 @@ class VolumeFS(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         total = free = files = 0
         for pio in self.pools.values():
-            p = pio.pool
-            total += sum(d.extent_count for d in p.devices) * p.extent_size
-            free += sum(u.free for u in mapper.usage(p).values()) * p.extent_size
-            files += len(p.volumes)
+            pool_total, pool_free = pio.capacity()
+            total += pool_total
+            free += pool_free
+            files += len(pio.pool.volumes)
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = BLOCK
         s.f_blocks = total // BLOCK

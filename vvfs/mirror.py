@@ -352,17 +352,17 @@ class RegionGate:
 
     async def enter(self, keys: set[Key]) -> None:
         """Register a write in *keys*, after any resync holding one of them is done."""
-        while True:
+        while self.locked:
             blocker = next((self.locked[k] for k in keys if k in self.locked), None)
             if blocker is None:
                 break
             await blocker.wait()
         self._counter += 1
-        now = trio.current_time()
+        n = self._counter
+        inflight, seq = self.inflight, self.seq
         for k in keys:
-            self.inflight[k] = self.inflight.get(k, 0) + 1
-            self.seq[k] = self._counter
-            self.last[k] = now
+            inflight[k] = inflight.get(k, 0) + 1
+            seq[k] = n
 
     def leave(self, keys: set[Key]) -> None:
         now = trio.current_time()
@@ -735,42 +735,52 @@ class PoolMirror:
         marks: dict[DeviceUUID, set[int]] = {}
         keys: set[Key] = set()
         skipped: set[DeviceUUID] = set()
+        devices, geos = self.devices, self.geos
         for p in pieces:
             if len(p.legs) < 2:
                 continue
-            for loc in p.legs:
-                if loc.device not in self.devices:
-                    skipped.add(loc.device)
+            for dev, off in p.legs:
+                if dev not in devices:
+                    skipped.add(dev)
                     continue
-                geo = self.geos.get(loc.device)
+                geo = geos.get(dev)
                 if geo is None:
                     continue
-                rs = geo.regions_of(loc.offset, p.length)
-                marks.setdefault(loc.device, set()).update(rs)
-                keys.update((loc.device, r) for r in rs)
+                first = (off - geo.data_start) // geo.region
+                last = (off + p.length - 1 - geo.data_start) // geo.region
+                mine = marks.get(dev)
+                if mine is None:
+                    mine = marks[dev] = set()
+                for r in range(first, last + 1):
+                    mine.add(r)
+                    keys.add((dev, r))
         for u in skipped:
             if u not in self.failed:  # not open since the start: it misses this write
                 self.fail(u, DeviceIOError(self.name_of(u), 0, "device is missing",
                                            errno.ENOENT))
         await self.gate.enter(keys)
         try:
-            await self._mark(marks, ahead=0 if skipped else MARK_AHEAD)
+            lost = await self._mark(marks, ahead=0 if skipped else MARK_AHEAD)
             failed = await self._write_legs(pieces, offset, view)
         finally:
+            wseq, devices = self.gate.wseq, self.devices
             for k in keys:
-                dev = self.devices.get(DeviceUUID(k[0]))
+                dev = devices.get(k[0])  # type: ignore[call-overload]
                 if dev is not None:
-                    self.gate.wseq[k] = dev.completed_writes
+                    wseq[k] = dev.completed_writes
             self.gate.leave(keys)
         # every leg that did not get the data (skipped, or failed in _mark or the write)
-        degraded = skipped | failed | {loc.device for p in pieces if len(p.legs) > 1
-                                       for loc in p.legs if loc.device not in self.devices}
+        degraded = skipped | failed | lost
         if degraded:
             self.stats.degraded_writes += 1
             await self._record_all(degraded)
 
-    async def _mark(self, marks: dict[DeviceUUID, set[int]], ahead: int = 0) -> None:
-        """Set bits on every leg's log; wait (concurrently) only for logs that must write."""
+    async def _mark(self, marks: dict[DeviceUUID, set[int]], ahead: int = 0
+                    ) -> set[DeviceUUID]:
+        """Set bits on every leg's log; wait (concurrently) only for logs that must write.
+
+        Returns the devices that failed while their log was written.
+        """
         errors: list[tuple[DeviceUUID, DeviceIOError]] = []
         waits: list[tuple[DeviceUUID, DirtyLog, int]] = []
         for u, regions in marks.items():
@@ -780,7 +790,7 @@ class PoolMirror:
                 if want is not None:
                     waits.append((u, lg, want))
         if not waits:
-            return
+            return set()
 
         async def one(u: DeviceUUID, lg: DirtyLog, want: int) -> None:
             try:
@@ -798,6 +808,7 @@ class PoolMirror:
             if not is_failure(exc):
                 raise exc
             self.fail(u, exc)
+        return {u for u, _ in errors}
 
     async def _write_legs(self, pieces: list[Piece], base: int, view: memoryview
                           ) -> set[DeviceUUID]:

@@ -47,6 +47,7 @@ from typing import Any
 
 import trio
 
+from mapper.alloc import usage
 from mapper.layout import Loc, Piece, VolumeMap
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
@@ -383,6 +384,13 @@ class PoolIO:
         self.by_name = {vio.name: vio for vio in self.volumes.values()}
         self.pool = pool
         return change
+
+    def capacity(self) -> tuple[int, int]:
+        """(data bytes, free bytes) of the pool, for statfs."""
+        p = self.pool
+        total = sum(d.extent_count for d in p.devices) * p.extent_size
+        free = sum(u.free for u in usage(p).values()) * p.extent_size
+        return total, free
 
     def open_names(self) -> set[str]:
         """Names of this pool's volumes that have open file handles."""
