@@ -248,7 +248,7 @@ class DataDevice:
         counted as a write for :meth:`flush`: it is durable already.
         """
         total = sum(len(b) for b in bufs)
-        await self._run(self._pwritev_dsync_sync, bufs, offset, total)
+        await self._run(self._pwritev_sync, bufs, offset, total, os.RWF_DSYNC)
         self.stats.writes += 1
         self.stats.bytes_written += total
 
@@ -386,30 +386,20 @@ class DataDevice:
                 self._readv_all(self._fd, chunk, offset)
                 offset += sum(len(b) for b in chunk)
 
-    def _pwritev_sync(self, bufs: Buffers, offset: int, total: int) -> None:
+    def _pwritev_sync(self, bufs: Buffers, offset: int, total: int, flags: int = 0) -> None:
+        """Write *bufs* at *offset* (aligned calls through O_DIRECT); *flags* as pwritev2."""
         if self._aligned(offset, total):
             bounce = _bounce.get(total)
             pos = 0
             for b in bufs:
                 bounce[pos:pos + len(b)] = b
                 pos += len(b)
-            self._writev_all(self._dfd, [bounce], offset)
+            self._writev_all(self._dfd, [bounce], offset, flags)
         else:
             for i in range(0, len(bufs), IOV_MAX):
                 chunk = bufs[i:i + IOV_MAX]
-                self._writev_all(self._fd, chunk, offset)
+                self._writev_all(self._fd, chunk, offset, flags)
                 offset += sum(len(b) for b in chunk)
-
-    def _pwritev_dsync_sync(self, bufs: Buffers, offset: int, total: int) -> None:
-        if self._aligned(offset, total):
-            bounce = _bounce.get(total)
-            pos = 0
-            for b in bufs:
-                bounce[pos:pos + len(b)] = b
-                pos += len(b)
-            self._writev_all(self._dfd, [bounce], offset, os.RWF_DSYNC)
-        else:
-            self._writev_all(self._fd, list(bufs), offset, os.RWF_DSYNC)
 
     def _readv_all(self, fd: int, bufs: Buffers, offset: int) -> None:
         bufs = list(bufs)
