@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 import mapper
@@ -340,3 +341,31 @@ def put_back(path: str, regions: list[tuple[int, bytes]]) -> None:
     with FileDevice(path) as dev:
         for off, data in regions:
             dev.pwrite(data, off)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and assertions shared by the vvfsck test modules (import them by name)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
+    with scratch(tmp_path) as path:
+        yield path
+
+
+@pytest.fixture
+def env(root: Path) -> "Env":
+    return make_env(root)
+
+
+def assert_repaired_clean(env: "Env") -> None:
+    """--repair fixes everything (exit 1), then a new run is clean (exit 0)."""
+    from vvfs import fsck
+
+    fixed = env.repair()
+    assert fixed.rc == fsck.EXIT_FOUND, fixed.out + fixed.err
+    again = env.check()
+    assert again.rc == fsck.EXIT_CLEAN, again.out + again.err
+    assert catalog_pool(env).to_dict() == env.media_pool().to_dict()
+

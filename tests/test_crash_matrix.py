@@ -22,22 +22,17 @@ from vvfs import fsck
 from vvfs.api import Manager
 from vvfs.faultdev import Cut
 
-from .fsck_support import (
+from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     Env,
     make_env,
     media_choice,
     metadata_regions,
     put_back,
     record_op,
+    root,
     scratch,
 )
 
-
-@pytest.fixture
-def root(tmp_path):
-    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
-    with scratch(tmp_path) as path:
-        yield path
 
 OPS: dict[str, Callable[[Manager], object]] = {
     "create mirrored volume": lambda mgr: mgr.create_volume(

@@ -17,41 +17,23 @@ from metadata.blockdev import FileDevice
 from metadata.model import Area, new_uuid
 from vvfs import fsck
 
-from .fsck_support import (
+from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     MDA,
+    assert_repaired_clean,
     catalog_pool,
     commit_raw,
     copy_sparse,
+    env,
     flip,
     label_of,
     make_env,
     media_choice,
+    root,
     scratch,
     sparse,
     zero,
 )
 from .util import CrashAfterWrites
-
-
-@pytest.fixture
-def root(tmp_path):
-    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
-    with scratch(tmp_path) as path:
-        yield path
-
-
-@pytest.fixture
-def env(root):
-    return make_env(root)
-
-
-def assert_repaired_clean(env) -> None:
-    """--repair fixes everything (exit 1), then a new run is clean (exit 0)."""
-    fixed = env.repair()
-    assert fixed.rc == fsck.EXIT_FOUND, fixed.out + fixed.err
-    again = env.check()
-    assert again.rc == fsck.EXIT_CLEAN, again.out + again.err
-    assert catalog_pool(env).to_dict() == env.media_pool().to_dict()
 
 
 def test_clean_pool_is_clean(env):

@@ -14,30 +14,21 @@ from metadata import format as fmt
 from vvfs import fsck
 from vvfs.state import StateDir
 
-from .fsck_support import (
+from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     copy_sparse,
+    env,
     flip,
     label_of,
     make_env,
     media_choice,
+    root,
     scratch,
     sparse,
     vvfsck,
 )
 
 
-@pytest.fixture
-def root(tmp_path):
-    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
-    with scratch(tmp_path) as path:
-        yield path
-
 MAN = Path(__file__).resolve().parent.parent / "man" / "vvfsck.8"
-
-
-@pytest.fixture
-def env(root):
-    return make_env(root)
 
 
 @pytest.mark.parametrize("args", [

@@ -17,39 +17,22 @@ from vvfs import fsck
 from vvfs.api import Manager
 from vvfs.faultdev import Cut, FaultyDevice
 
-from .fsck_support import (
+from .fsck_support import (  # noqa: F401 (root, env: fixtures)
+    assert_repaired_clean,
     catalog_pool,
     commit_raw,
     copy_sparse,
+    env,
     label_of,
     make_env,
     media_choice,
     record_op,
+    root,
     scratch,
     state_dir,
     vvfsck,
     zero,
 )
-
-
-@pytest.fixture
-def root(tmp_path):
-    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
-    with scratch(tmp_path) as path:
-        yield path
-
-
-@pytest.fixture
-def env(root):
-    return make_env(root)
-
-
-def assert_repaired_clean(env) -> None:
-    fixed = env.repair()
-    assert fixed.rc == fsck.EXIT_FOUND, fixed.out + fixed.err
-    again = env.check()
-    assert again.rc == fsck.EXIT_CLEAN, again.out + again.err
-    assert catalog_pool(env).to_dict() == env.media_pool().to_dict()
 
 
 def add_volume(env, name: str = "extra") -> None:
