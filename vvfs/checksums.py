@@ -44,11 +44,14 @@ keeps checksums right is:
    interrupted write, or a block never written since it was allocated) or
    no leg matches, leg 0 is taken -- the same rule as resync -- and the
    entries of every leg are recomputed from it;
-3. ranges that the dirty log names as in flight at a crash are resynced
-   from leg 0 and their entries recomputed from leg 0 (resync calls
-   :meth:`ChecksumStore.refresh`), so that after a crash rule 2 never has to
-   guess about an acknowledged write: a write is acknowledged only after
-   its data and entries reached every leg.
+3. ranges that the dirty log names as in flight at a crash are resynced by
+   the same judgement (:func:`judge`): blocks whose legs agree are left
+   alone; where they differ, the leg that matches a stored entry wins, and
+   leg 0 only when none or several do; then the entries of every leg are
+   recomputed from the data kept (resync calls :meth:`ChecksumStore.refresh`).
+   So a torn or damaged block on leg 0 is not copied over a good leg 1, and
+   after a crash rule 2 never has to guess about an acknowledged write: a
+   write is acknowledged only after its data and entries reached every leg.
 
 A bit flip in one leg's data is thus found (the leg no longer matches the
 entry that the other legs match) and repaired from the leg that matches.
@@ -82,6 +85,7 @@ entries (like a crash); the page stays consistent.
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
 from collections import OrderedDict
@@ -252,6 +256,13 @@ class ChecksumStore:
         d = self._geo[device]
         return d.data_start + d.extent_count * self._esize + page * PAGE
 
+    def _device(self, device: DeviceUUID, offset: int) -> DataDevice:
+        """The open device *device*; DeviceIOError if it failed (left the live table)."""
+        dev = self.devices.get(device)
+        if dev is None:
+            raise DeviceIOError(device, offset, "device is not open (failed)", errno.ENODEV)
+        return dev
+
     # -- pages ---------------------------------------------------------------
 
     async def _page(self, device: DeviceUUID, n: int) -> _Page:
@@ -270,7 +281,7 @@ class ChecksumStore:
         done = self._loading[key] = trio.Event()
         try:
             off = self._page_offset(device, n)
-            raw = await self.devices[device].pread(PAGE, off)
+            raw = await self._device(device, off).pread(PAGE, off)
             self.stats.page_reads += 1
             page = _Page(off, raw)
             page.users = 1
@@ -299,7 +310,7 @@ class ChecksumStore:
             page.busy = True
             version, snap = page.version, bytes(page.buf)
             try:
-                await self.devices[device].pwrite(snap, page.offset)
+                await self._device(device, page.offset).pwrite(snap, page.offset)
                 self.stats.page_writes += 1
                 page.written = max(page.written, version)
             finally:
@@ -356,7 +367,7 @@ class ChecksumStore:
             return None
         d = self._geo[device]
         off = entry_offset(d, self._esize, data_offset)
-        return unpack(await self.devices[device].pread(blocks * ENTRY, off))
+        return unpack(await self._device(device, off).pread(blocks * ENTRY, off))
 
     async def read(self, device: DeviceUUID, data_offset: int, blocks: int) -> list[int] | None:
         """The current entries (the cache's where cached), or None without a region."""
@@ -392,6 +403,52 @@ class ChecksumStore:
         """
         values = pack(block_crcs(data))
         await self.update([(dev, off, values) for dev, off in legs])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`judge` says of one block."""
+
+    right: int | None  #: the leg holding the right data (None: no leg readable)
+    bad_data: tuple[int, ...]  #: legs whose data differs from the right leg's
+    bad_entry: tuple[int, ...]  #: legs whose stored entry differs from the right crc32c
+    value: int  #: crc32c of the right data
+    reason: str
+
+
+def judge(datas: list[bytes | None], stored: list[int | None]) -> Verdict:
+    """Judge one block: *datas* per leg (None: unreadable), *stored* entries (None/0: none).
+
+    The rules are those of "Across a crash" in the module docstring (scrub and
+    resync both judge by them).
+    """
+    readable = [i for i, d in enumerate(datas) if d is not None]
+    if not readable:
+        return Verdict(None, (), (), 0, "no leg can be read")
+    crcs = {i: crc(datas[i]) for i in readable}  # type: ignore[arg-type]
+    known = {v for v in stored if v}
+    first = datas[readable[0]]
+    if all(datas[i] == first for i in readable):
+        right, reason = readable[0], "legs agree"
+    else:
+        matching = [i for i in readable if crcs[i] in known]
+        versions = {datas[i] for i in matching}
+        if len(versions) == 1:
+            right, reason = matching[0], f"leg {matching[0]} matches the stored checksum"
+        elif matching:
+            right = 0 if 0 in matching else matching[0]
+            reason = (f"legs match different stored checksums (an interrupted write, or never"
+                      f" written): took leg {right}")
+        else:
+            right = 0 if 0 in readable else readable[0]
+            reason = f"no leg matches a stored checksum: took leg {right}"
+    good = datas[right]
+    value = crcs[right]
+    bad_data = tuple(i for i, d in enumerate(datas) if d != good)
+    bad_entry = tuple(i for i, v in enumerate(stored) if v is not None and v != value
+                      and datas[i] is not None)
+    return Verdict(right, bad_data, bad_entry, value, reason)
+
 
 
 async def _gather_errors(jobs: list[tuple[object, tuple[object, ...]]]) -> None:

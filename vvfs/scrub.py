@@ -46,7 +46,7 @@ from metadata.errors import VVError
 from metadata.model import DeviceUUID, PoolUUID, VolumeUUID
 
 from . import checksums
-from .checksums import BLOCK
+from .checksums import BLOCK, Verdict, judge
 
 if TYPE_CHECKING:
     from .api import Manager
@@ -59,50 +59,6 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: Findings kept in detail (the counters count all of them).
 MAX_FINDINGS = 1000
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What :func:`judge` says of one block."""
-
-    right: int | None  #: the leg holding the right data (None: no leg readable)
-    bad_data: tuple[int, ...]  #: legs whose data differs from the right leg's
-    bad_entry: tuple[int, ...]  #: legs whose stored entry differs from the right crc32c
-    value: int  #: crc32c of the right data
-    reason: str
-
-
-def judge(datas: list[bytes | None], stored: list[int | None]) -> Verdict:
-    """Judge one block: *datas* per leg (None: unreadable), *stored* entries (None/0: none).
-
-    See the module docstring for the rules.
-    """
-    readable = [i for i, d in enumerate(datas) if d is not None]
-    if not readable:
-        return Verdict(None, (), (), 0, "no leg can be read")
-    crcs = {i: checksums.crc(datas[i]) for i in readable}  # type: ignore[arg-type]
-    known = {v for v in stored if v}
-    first = datas[readable[0]]
-    if all(datas[i] == first for i in readable):
-        right, reason = readable[0], "legs agree"
-    else:
-        matching = [i for i in readable if crcs[i] in known]
-        versions = {datas[i] for i in matching}
-        if len(versions) == 1:
-            right, reason = matching[0], f"leg {matching[0]} matches the stored checksum"
-        elif matching:
-            right = 0 if 0 in matching else matching[0]
-            reason = (f"legs match different stored checksums (an interrupted write, or never"
-                      f" written): took leg {right}")
-        else:
-            right = 0 if 0 in readable else readable[0]
-            reason = f"no leg matches a stored checksum: took leg {right}"
-    good = datas[right]
-    value = crcs[right]
-    bad_data = tuple(i for i, d in enumerate(datas) if d != good)
-    bad_entry = tuple(i for i, v in enumerate(stored) if v is not None and v != value
-                      and datas[i] is not None)
-    return Verdict(right, bad_data, bad_entry, value, reason)
 
 
 @dataclass
