@@ -33,6 +33,7 @@ from metadata.model import (
 
 from .alloc import free_runs
 from .layout import Loc
+from .move import find as find_move
 from .placement import PlacementError
 
 __all__ = [
@@ -184,13 +185,19 @@ def replace_device(pool: Pool, old_key: str, new_device: Device) -> Pool:
     a rebuild copies them from the other legs and then marks it ``ok``) and
     the old device is forgotten.  Each area keeps its extent numbers when
     they are free on the new device, else takes the first free run that
-    fits.  Refused when some area of the old device has no copy on another
+    fits.  Refused while the old device is a source or destination of a
+    move, and when some area of the old device has no copy on another
     working device (a linear or striped volume, or every other leg failed):
     that data cannot be rebuilt -- move it off instead (``vv device
     evacuate``) while the old device still works.
     """
     old = _device(pool, old_key)
     check_name("device", new_device.name)
+    record = find_move(pool)
+    if record is not None and any(old.uuid in (p.source, p.dest) for p in record.pieces):
+        raise PlacementError(f"device {old.name} takes part in move {record.id}"
+                             f" ({record.what}); abort the move first"
+                             " ('vv volume move POOL/VOL --abort')")
     if any(d.uuid == new_device.uuid for d in pool.devices):
         raise PlacementError(f"device uuid {new_device.uuid} is already in pool {pool.name}")
     states = {d.uuid: d.state for d in pool.devices}

@@ -162,8 +162,9 @@ def device_resync(mgr: Any, pool_name: str, key: str | None, rate: int | None, w
                   as_json: bool) -> None:
     """Resync the dirty ranges of POOL now (or bring failed device DEV back).
 
-    Only the regions the dirty logs name are copied, from the first
-    healthy leg to the others.
+    Only the regions the dirty logs name are copied, from the healthy
+    legs to the others; where healthy legs differ, each block's stored
+    checksum decides which is right.
     """
     since = time.time()
     with _offline_bar(mgr, f"resync {key or pool_name}", wait):

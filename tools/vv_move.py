@@ -74,6 +74,8 @@ def follow_move(mgr: Any, pool_name: str, first: dict[str, Any]) -> dict[str, An
                 done, text = st.get("verified", 0), "verifying copied extents"
             else:
                 done, text = st.get("copied", 0), f"{state}"
+            if st.get("paused"):
+                text += f" (paused: {st['paused']})"
             bar.show(done / total if total else 1.0,
                      f"{done}/{total} extents  {text}  {_rate(st)}".rstrip())
             time.sleep(POLL)

@@ -66,11 +66,22 @@ Resync
 ------
 :meth:`PoolMirror.resync` walks the set bits of every live log; for each
 region it locks the region and its copies on the other legs in the gate
-(new writes wait, writes in flight are waited for), reads it from the first
-leg on a device that is ok (not resyncing, not a target), writes it to the
-other live legs (and refreshes their block checksums), and -- after the
-targets were flushed and if no write entered the region since -- clears the
-bits on every leg.  Throttled by a token bucket (:class:`Throttle`).
+(new writes wait, writes in flight are waited for), reads it from every
+leg on a device that is ok (not resyncing, not a target) -- where those
+differ, each block is judged by its stored checksums
+(:func:`vvfs.checksums.judge`; without checksums the first leg wins) --
+writes the result to the live legs that do not hold it (and to a running
+move's destination, see :meth:`PoolMirror._forward`), refreshes the block
+checksums of every leg, and -- after the targets were flushed and if no
+write entered the region since -- clears the bits on every leg.
+Throttled by a token bucket (:class:`Throttle`).  A job holds
+:attr:`PoolMirror.copy_lock` from start to end; a move holds it around
+each extent it copies, so a move never copies bytes a resync is changing
+(and waits while a resync runs).
+
+While a crash resync runs, reads use its first source leg; a block that the
+resync then judges by its checksums may read differently afterwards (it
+was torn or damaged on that leg, and never acknowledged in that state).
 
 Concurrency: everything runs on the trio thread; statements between two
 awaits are atomic.  Cancellation: device calls are never abandoned; a
@@ -98,6 +109,7 @@ from metadata.blockdev import DeviceIOError
 from metadata.dirtylog import LogGeometry, LogImage
 from metadata.model import DeviceUUID, Pool
 
+from .checksums import BLOCK, ENTRY, block_crcs, judge, pack
 from .devio import IOV_MAX, PATH_ERRNOS, DataDevice
 
 log = logging.getLogger(__name__)
@@ -479,6 +491,10 @@ class MirrorStats:
     read_retries: int = 0
     first_wins: dict[int, int] = field(default_factory=dict)
     resync_bytes: int = 0
+    #: blocks a resync found different on the legs it read (and judged)
+    resync_judged: int = 0
+    #: ... of which a leg other than the first was right (by its checksum)
+    resync_judged_other: int = 0
     cleaned: int = 0
 
 
@@ -551,7 +567,11 @@ class PoolMirror:
         self.needs_resync = False
         self.jobs: list[ResyncJob] = []
         self._job_ids = 0
-        self._resync_lock = trio.Lock()
+        #: held by a resync job from start to end, and by a move around each
+        #: extent it copies: the two never write the same bytes at once
+        self.copy_lock = trio.Lock()
+        #: the pool's write guard (vvfs.guard.PoolGuard): a move's shadow
+        self.guard: Any = None
         #: the pool's block-checksum store (vvfs.checksums), refreshed by resync
         self.checksums: Any = None
         self.stats = MirrorStats()
@@ -1011,7 +1031,7 @@ class PoolMirror:
         anyway covers it (the host's fsync), or until the region has been
         idle *force* seconds: then the cleaner flushes its devices.
         """
-        if self.needs_resync or self._resync_lock.locked():
+        if self.needs_resync or any(j.state == "running" for j in self.jobs):
             return 0
         now = trio.current_time()
         gate = self.gate
@@ -1102,7 +1122,7 @@ class PoolMirror:
 
     async def resync(self, job: ResyncJob) -> None:
         """Run *job* (see the module docstring); its state says how it ended."""
-        async with self._resync_lock:
+        async with self.copy_lock:
             job.state = "running"
             job.started = time.time()
             if job.kind == "crash":
@@ -1210,48 +1230,150 @@ class PoolMirror:
         return n
 
     async def _copy_span(self, s: Span, job: ResyncJob) -> tuple[bool, int]:
-        """Copy span *s* from a good leg to the other live legs.
+        """Make every live leg of span *s* hold the same, right bytes.
 
-        Returns (every leg holds it now, bytes copied: 0 when there was no
-        other live leg to copy to).
+        Reads every readable leg that is not a target; where they agree,
+        that is the data, where they differ each block is judged by its
+        stored checksums (:func:`vvfs.checksums.judge`).  Writes the data
+        to every live leg that does not hold it yet, and to a move's
+        destination where such a leg is being moved (:meth:`_forward`).
+        Returns (every leg holds it now, bytes copied: 0 when there was
+        no other live leg to copy to).
         """
         while True:
             sources = [loc for loc in s.legs if self.readable(loc.device)
                        and loc.device not in job.targets]
             if not sources or sum(loc.device in self.devices for loc in s.legs) < 2:
                 return False, 0  # nothing to copy from, or to
-            src = sources[0]
-            try:
-                data = await self.devices[src.device].pread(s.length, src.offset)
+            datas = await self._read_legs(sources, s.length)
+            if datas is not None:
                 break
+        data = datas[0] if all(d == datas[0] for d in datas[1:]) \
+            else await self._judge(sources, datas)
+        holding = {loc for loc, d in zip(sources, datas) if d == data}
+        targets = [loc for loc in s.legs if loc.device in self.devices and loc not in holding]
+        if not targets:
+            written: list[Loc] = []
+            errors: list[tuple[_Call, DeviceIOError]] = []
+        else:
+            calls = []
+            for loc in targets:
+                call = _Call(loc.device, loc.offset)
+                call.bufs = [memoryview(data)]
+                call.length = len(data)
+                call.pieces = [0]
+                calls.append(call)
+            errors = await self._run(calls, read=False, ok=[0])
+            for call, err in errors:
+                if not is_failure(err):
+                    raise err
+                self.fail(call.device, err)
+            failed = {call.device for call, _ in errors}
+            written = [loc for loc in targets if loc.device not in failed]
+        forwarded = await self._forward(written, data)
+        if self.checksums is not None and not len(data) % BLOCK:
+            values = pack(block_crcs(memoryview(data)))
+            entries = [(loc.device, loc.offset, values) for loc in s.legs
+                       if loc.device in self.devices]
+            entries += [(dest, at, values[skip // BLOCK * ENTRY:(skip + n) // BLOCK * ENTRY])
+                        for dest, at, skip, n in forwarded]
+            try:
+                await self.checksums.update(entries)
+            except DeviceIOError as exc:
+                log.warning("resync: checksum entries not refreshed: %s", exc)
+        copied = len(data) if len(targets) + len(holding) >= 2 else 0
+        return not errors and all(loc.device in self.devices for loc in s.legs), copied
+
+    async def _read_legs(self, sources: list[Loc], length: int) -> list[bytes] | None:
+        """The bytes of every source leg, or None after failing a leg that could not be read."""
+        datas: list[bytes] = [b""] * len(sources)
+        failed: list[tuple[DeviceUUID, DeviceIOError]] = []
+
+        async def one(i: int, loc: Loc) -> None:
+            try:
+                dev = self.devices.get(loc.device)
+                if dev is None:
+                    raise DeviceIOError(self.name_of(loc.device), loc.offset,
+                                        "device is not open", errno.ENODEV)
+                datas[i] = await dev.pread(length, loc.offset)
             except DeviceIOError as exc:
                 if not is_failure(exc):
                     raise
-                self.fail(src.device, exc)
-        targets = [loc for loc in s.legs if loc.device in self.devices and loc != src]
-        if not targets:
-            return False, 0
-        ok = [0]
-        calls = []
-        for loc in targets:
-            call = _Call(loc.device, loc.offset)
-            call.bufs = [memoryview(data)]
-            call.length = len(data)
-            call.pieces = [0]
-            calls.append(call)
-        errors = await self._run(calls, read=False, ok=ok)
-        for call, err in errors:
-            if not is_failure(err):
-                raise err
-            self.fail(call.device, err)
-        if self.checksums is not None and not len(data) % 4096:
-            legs = [(loc.device, loc.offset) for loc in [src, *targets]
-                    if loc.device in self.devices]
+                failed.append((loc.device, exc))
+
+        if len(sources) == 1:
+            await one(0, sources[0])
+        else:
+            async with trio.open_nursery() as nursery:
+                for i, loc in enumerate(sources):
+                    nursery.start_soon(one, i, loc)
+        for device, exc in failed:
+            self.fail(device, exc)
+        return None if failed else datas
+
+    async def _judge(self, sources: list[Loc], datas: list[bytes]) -> bytes:
+        """The right bytes of legs that differ: block by block, by the stored checksums.
+
+        Without checksums (or for a length that is not whole blocks) the
+        first source in leg order is right, as it always was.
+        """
+        n = len(datas[0])
+        if self.checksums is None or n % BLOCK:
+            return datas[0]
+        stored: list[list[int] | None] = []
+        for loc in sources:
             try:
-                await self.checksums.refresh(legs, memoryview(data))
+                stored.append(await self.checksums.read(loc.device, loc.offset, n // BLOCK))
             except DeviceIOError as exc:
-                log.warning("resync: checksum entries not refreshed: %s", exc)
-        return not errors and all(loc.device in self.devices for loc in s.legs), len(data)
+                log.warning("resync: checksum entries not read: %s", exc)
+                stored.append(None)
+        out = bytearray(datas[0])
+        for b in range(0, n, BLOCK):
+            blocks: list[bytes | None] = [d[b:b + BLOCK] for d in datas]
+            if all(x == blocks[0] for x in blocks[1:]):
+                continue
+            self.stats.resync_judged += 1
+            entries = [vals[b // BLOCK] if vals is not None else None for vals in stored]
+            verdict = judge([bytes(x) for x in blocks if x is not None], entries)
+            if verdict.right:
+                self.stats.resync_judged_other += 1
+                out[b:b + BLOCK] = datas[verdict.right][b:b + BLOCK]
+                log.info("resync: device %s byte %d: %s", self.name_of(sources[verdict.right].device),
+                         sources[verdict.right].offset + b, verdict.reason)
+        return bytes(out)
+
+    async def _forward(self, written: list[Loc], data: bytes
+                       ) -> list[tuple[DeviceUUID, int, int, int]]:
+        """Write *data*, just written to legs *written*, to a move's destination of those legs.
+
+        While a move is recorded, bytes that land on a moving run must reach
+        its destination too, like a host write's (:mod:`vvfs.guard`); the
+        move copies no extent meanwhile (it holds :attr:`copy_lock`, as
+        resync does).  A destination that fails fails the move, not the
+        resync.  Returns (device, byte, offset in *data*, length) of each
+        write made, for the checksums.
+        """
+        shadow = self.guard.move if self.guard is not None else None
+        if shadow is None or not written:
+            return []
+        view = memoryview(data)
+        out: list[tuple[DeviceUUID, int, int, int]] = []
+        try:
+            for loc in written:
+                for skip, dest, at, n in shadow.map(loc.device, loc.offset, len(view)):
+                    dev = self.devices.get(dest)
+                    if dev is None:
+                        raise DeviceIOError(dest, at, "move destination is not open")
+                    await dev.pwrite(view[skip:skip + n], at)
+                    out.append((dest, at, skip, n))
+                    self.guard.stats.shadow_writes += 1
+        except DeviceIOError as exc:
+            self.guard.stats.shadow_errors += 1
+            if shadow.failed is None:
+                shadow.failed = exc
+            log.error("move %s: a resync write could not reach the destination: %s",
+                      shadow.record.id, exc)
+        return out
 
     async def _settle(self, pending: list[tuple[set[Key], dict[Key, int]]]) -> None:
         """Flush what was copied, then clear the bits of regions no write entered since."""
@@ -1279,7 +1401,8 @@ class PoolMirror:
         names = self.names
         return {"degraded_writes": s.degraded_writes, "read_retries": s.read_retries,
                 "first_wins": {str(k): v for k, v in s.first_wins.items()},
-                "resync_bytes": s.resync_bytes, "cleaned": s.cleaned,
+                "resync_bytes": s.resync_bytes, "resync_judged": s.resync_judged,
+                "resync_judged_other": s.resync_judged_other, "cleaned": s.cleaned,
                 "failed": {names.get(u, u): {"error": f.error, "since": f.when}
                            for u, f in self.failed.items()},
                 "resyncing": sorted(names.get(u, u) for u in self.resyncing),

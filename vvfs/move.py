@@ -24,6 +24,19 @@ The protocol (like pvmove, but resumable and abortable)
    that generation on.  Writes resolved with the old map before the new one
    was applied still reach both places.
 
+**Failures and resyncs**: a move copies nothing while a device holding the
+moved volumes (or a destination) is failed, is being brought back, or while
+the pool resyncs (after a crash, a return, a replacement): it *pauses* (an
+event says why, ``state`` is ``paused``) and goes on by itself when the
+pool is whole again.  Each extent is copied holding the pool's
+``PoolMirror.copy_lock``, which a resync job holds from start to end, so a
+resync never changes bytes a move is copying; what a resync writes to a
+moving run also reaches the destination (``PoolMirror._forward``).  So the
+switch never maps a destination that missed a resync, and the dirty bits
+that survivors keep for a failed leg never sit on a source the switch
+leaves behind.  ``vv volume move`` / ``vv device evacuate`` refuse to start
+while one of those devices is failed or being resynced.
+
 **Resume**: a node that opens a pool whose configuration holds a move record
 (after a crash, a SIGKILL or an unmount) starts a :class:`MoveTask` for it.
 The extents before ``copied`` were copied and flushed, but a write in flight
@@ -52,10 +65,11 @@ pool's devices.  Manager calls reach it from their worker thread through
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
@@ -67,6 +81,7 @@ from metadata.model import DeviceUUID, Pool, PoolUUID
 
 from .checksums import BLOCK, ChecksumStore
 from .guard import MoveShadow, PoolGuard
+from .mirror import is_failure
 
 if TYPE_CHECKING:
     from .api import Manager
@@ -78,6 +93,8 @@ T = TypeVar("T")
 
 CHECKPOINT_EXTENTS = 16
 CHECKPOINT_SECONDS = 2.0
+#: Seconds between looks at the pool while a move is paused.
+PAUSE_POLL = 0.5
 #: VVFS_BENCH_NO_GUARD=1 serves volumes without write guards -- no checksums,
 #: no moves -- only to measure what the guard costs (bench/, the README)
 BENCH_NO_GUARD = os.environ.get("VVFS_BENCH_NO_GUARD") == "1"
@@ -116,6 +133,9 @@ class MoveTask:
         self.bytes_copied = 0
         self.scope = trio.CancelScope()
         self.finished = trio.Event()
+        #: why the copy waits (a failed device, a resync), or None
+        self.paused: str | None = None
+        self._involved: tuple[int, set[str]] = (-1, set())
 
     @property
     def esize(self) -> int:
@@ -130,7 +150,7 @@ class MoveTask:
                 "total": rec.total, "checkpoint": rec.copied, "verified": self.verified,
                 "extent_size": self.esize, "rate": rate,
                 "eta": left / rate if rate > 0 else None, "error": self.error,
-                "resumed": self.resumed}
+                "resumed": self.resumed, "paused": self.paused}
 
     async def run(self) -> None:
         try:
@@ -168,9 +188,11 @@ class MoveTask:
                     or time.monotonic() - last_time >= CHECKPOINT_SECONDS):
                 await self._checkpoint(self.done)
                 last, last_time = self.done, time.monotonic()
-        self.state = "finishing"
-        await self._flush()
-        await self.jobs.node.call("move_finish", {"pool_name": self.pio.name, "op_id": rec.id})
+        async with self._quiet():
+            self.state = "finishing"
+            await self._flush()
+            await self.jobs.node.call("move_finish", {"pool_name": self.pio.name,
+                                                      "op_id": rec.id})
         self.state = "done"
         emit(self.jobs.node, self.pio.uuid, "move-done", "info", self.pio.name,
              f"move {rec.id} ({rec.what}) done: {rec.total} extents, map switched")
@@ -180,6 +202,61 @@ class MoveTask:
         if self.record.rate > 0:
             due = self.started + self.bytes_copied / self.record.rate
             await trio.sleep(max(0.0, due - time.monotonic()))
+
+    def _blocked(self) -> str | None:
+        """Why the move must not copy now (see the module docstring), or None."""
+        mirrors = getattr(self.jobs.node, "mirrors", None)
+        pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+        if pm is None:
+            return None
+        if pm.needs_resync:
+            return "the pool resyncs the regions a crash left dirty"
+        job = pm.running_job()
+        if job is not None:
+            return f"resync {job.id} ({job.kind}) runs"
+        pool = self.pio.pool
+        if self._involved[0] != pool.generation:
+            self._involved = (pool.generation, involved(pool, self.record))
+        devices = self._involved[1]
+        bringing = {d for p, d in getattr(mirrors, "_bringing", ()) if p == self.pio.uuid}
+        for what, uuids in (("failed", set(pm.failed)), ("being resynced", pm.resyncing),
+                            ("being brought back", bringing)):
+            hit = sorted(pm.name_of(u) for u in uuids & devices)
+            if hit:
+                return f"device {', '.join(hit)} {'is' if len(hit) == 1 else 'are'} {what}"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _quiet(self) -> AsyncIterator[None]:
+        """Wait until the move may copy (pausing meanwhile), then hold the pool's copy lock."""
+        mirrors = getattr(self.jobs.node, "mirrors", None)
+        while True:
+            why = self._blocked()
+            pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+            if why is None and pm is None:
+                yield
+                return
+            if why is None:
+                async with pm.copy_lock:
+                    if self._blocked() is None:
+                        if self.paused is not None:
+                            self._unpause()
+                        yield
+                        return
+                continue
+            if self.paused != why:
+                self.paused = why
+                emit(self.jobs.node, self.pio.uuid, "move-paused", "warning", self.pio.name,
+                     f"move {self.record.id} ({self.record.what}) paused at extent"
+                     f" {self.done} of {self.record.total}: {why}; it goes on when the pool"
+                     " is whole again (or abort it)")
+            await trio.sleep(PAUSE_POLL)
+
+    def _unpause(self) -> None:
+        emit(self.jobs.node, self.pio.uuid, "move-continued", "info", self.pio.name,
+             f"move {self.record.id} ({self.record.what}) goes on at extent {self.done}"
+             f" (was paused: {self.paused})")
+        self.paused = None
 
     def _check_shadow(self) -> None:
         guard = self.jobs.guards.get(self.pio.uuid)
@@ -191,32 +268,54 @@ class MoveTask:
             raise JobError(f"a write could not reach the destination: {shadow.failed}")
 
     async def _copy(self, k: int, *, verify: bool) -> None:
-        """Copy (or verify and copy) extent *k* of the move under its volume range lock."""
-        self._check_shadow()
+        """Copy (or verify and copy) extent *k* of the move under its volume range lock.
+
+        A source that fails as a mirror leg is failed like any leg (the
+        volume goes on degraded) and the copy pauses until it is back;
+        any other device error fails the move.
+        """
         p, j = self.record.locate(k)
-        vio = self.pio.volumes.get(p.volume)  # type: ignore[call-overload]
-        if vio is None:
-            raise JobError(f"move {self.record.id}: volume {p.volume} is gone")
-        devs = self.pio.devices
-        source, dest = devs.get(DeviceUUID(p.source)), devs.get(DeviceUUID(p.dest))
-        if source is None or dest is None:
-            raise JobError(f"move {self.record.id}: device {p.source if source is None else p.dest}"
-                           " is not open")
         geo = {d.uuid: d for d in self.pio.pool.devices}
         src = geo[DeviceUUID(p.source)].data_start + (p.src + j) * self.esize
         dst = geo[DeviceUUID(p.dest)].data_start + (p.dst + j) * self.esize
         first, count = p.logical(j)
         guard = self.jobs.guards[self.pio.uuid]
-        async with guard.lock(vio.uuid).exclusive(first * self.esize,
-                                                   (first + count) * self.esize):
-            data = await source.pread(self.esize, src)
-            if verify and await dest.pread(self.esize, dst) == data:
+        while True:
+            self._check_shadow()
+            vio = self.pio.volumes.get(p.volume)  # type: ignore[call-overload]
+            if vio is None:
+                raise JobError(f"move {self.record.id}: volume {p.volume} is gone")
+            async with self._quiet(), guard.lock(vio.uuid).exclusive(
+                    first * self.esize, (first + count) * self.esize):
+                devs = self.pio.devices
+                source, dest = devs.get(DeviceUUID(p.source)), devs.get(DeviceUUID(p.dest))
+                if source is None or dest is None:
+                    raise JobError(f"move {self.record.id}: device"
+                                   f" {p.source if source is None else p.dest} is not open")
+                try:
+                    data = await source.pread(self.esize, src)
+                except DeviceIOError as exc:
+                    if not self._leg_failed(vio, DeviceUUID(p.source), exc):
+                        raise
+                    continue
+                if verify and await dest.pread(self.esize, dst) == data:
+                    return
+                await dest.pwrite(data, dst)
+                self.bytes_copied += len(data)
+                if guard.checksummed(vio):
+                    await guard.store.copy(DeviceUUID(p.source), src, DeviceUUID(p.dest), dst,
+                                           self.esize // BLOCK)
                 return
-            await dest.pwrite(data, dst)
-            self.bytes_copied += len(data)
-            if guard.checksummed(vio):
-                await guard.store.copy(DeviceUUID(p.source), src, DeviceUUID(p.dest), dst,
-                                       self.esize // BLOCK)
+
+    def _leg_failed(self, vio: Any, device: DeviceUUID, exc: DeviceIOError) -> bool:
+        """Fail *device* as a leg of mirrored volume *vio* if *exc* fails a device; say if so."""
+        mirrors = getattr(self.jobs.node, "mirrors", None)
+        pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+        if pm is None or vio.volume.mirrors < 2 or not is_failure(exc):
+            return False
+        if device not in pm.failed:
+            pm.fail(device, exc)
+        return True
 
     async def _flush(self) -> None:
         for uuid in {p.dest for p in self.record.pieces}:
@@ -366,6 +465,30 @@ def _summary(pool: Pool, record: moves.MoveRecord | None) -> dict[str, Any]:
             "extent_size": pool.extent_size, "pool": pool.name}
 
 
+def involved(pool: Pool, record: moves.MoveRecord) -> set[str]:
+    """Uuids of the devices holding the moved volumes, and of the move's destinations."""
+    vols = record.volumes()
+    out = {a.device for v in pool.volumes if v.uuid in vols
+           for s in v.segments for leg in s.areas for a in leg}
+    return out | {p.dest for p in record.pieces}
+
+
+def _refuse_degraded(mgr: Manager, pool: Pool, record: moves.MoveRecord) -> None:
+    """RefusedError if a device the move involves is failed or being resynced."""
+    from .api import RefusedError
+
+    svc = getattr(mgr, "mirrors", None)
+    for d in pool.devices:
+        if d.uuid not in involved(pool, record):
+            continue
+        if d.state == "failed" or (svc is not None and svc.is_failed(pool.uuid, d.uuid)):
+            raise RefusedError(f"device {d.name} is failed: bring it back (vv device online)"
+                               " or replace it (vv device replace) before moving data")
+        if svc is not None and svc.is_busy(pool.uuid, d.uuid):
+            raise RefusedError(f"device {d.name} is being resynced; move once it is done"
+                               " (vv status shows it)")
+
+
 def _start(mgr: Manager, pool_name: str, plan: Callable[[Pool], Pool]) -> dict[str, Any]:
     jobs = _jobs(mgr, "moving data")
     if BENCH_NO_GUARD:
@@ -379,6 +502,7 @@ def _start(mgr: Manager, pool_name: str, plan: Callable[[Pool], Pool]) -> dict[s
             raise RefusedError(str(exc)) from None
         record = moves.find(new)
         assert record is not None  # plan() adds it; not data from media
+        _refuse_degraded(mgr, new, record)
         jobs.note_started(record.id)
         mgr._commit(op, new)
         return _summary(new, record)

@@ -176,6 +176,7 @@ class Mirrors:
         jobs = getattr(self.node, "jobs", None)
         guard = jobs.guards.get(pio.uuid) if jobs is not None else None
         pm.checksums = guard.store if guard is not None else None
+        pm.guard = guard
         for vio in pio.volumes.values():
             vio.mirror = pm
         for d in pio.pool.devices:  # failed in the configuration: out of service, quietly
