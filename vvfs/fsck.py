@@ -1242,7 +1242,8 @@ def _sync_catalog(ctx: Ctx) -> None:
 
 
 def check_mirrors(ctx: Ctx) -> None:
-    """With --deep: the legs of every mirrored piece of every volume hold the same bytes."""
+    """With --deep: the legs of every mirrored piece of every volume hold the same bytes
+    (legs on failed devices excepted: a resync brings them up to date)."""
     if not ctx.deep or ctx.choice is None:
         return
     for v in ctx.pool.volumes:
@@ -1256,47 +1257,57 @@ def check_mirrors(ctx: Ctx) -> None:
 
 
 def _compare_legs(ctx: Ctx, volume: str, vmap: mapper.VolumeMap) -> None:
-    run: list[Any] | None = None  # [leg, first byte, end byte, where, device byte, ref]
+    # [leg, first byte, end byte, where, device byte, reference leg, its place]
+    run: list[Any] | None = None
+    failed = {d.uuid for d in ctx.pool.devices if d.state == "failed"}
     for pos in range(0, vmap.size, DEEP_CHUNK):
         for piece in vmap.resolve(pos, min(DEEP_CHUNK, vmap.size - pos)):
-            diff = _piece_diff(ctx, piece)
+            diff = _piece_diff(ctx, piece, failed)
             if diff is None:
                 continue
-            leg, skip = diff
+            leg, skip, r = diff
             if run is not None and run[0] == leg and run[2] == piece.offset:
                 run[2] = piece.offset + piece.length
                 continue
             if run is not None:
                 _report_mirror(ctx, volume, run)
-            loc, ref = piece.legs[leg], piece.legs[0]
+            loc, ref = piece.legs[leg], piece.legs[r]
             ref_at = f"{ctx.where(ref.device)} at byte {ref.offset + skip}"
             run = [leg, piece.offset + skip, piece.offset + piece.length,
-                   ctx.where(loc.device), loc.offset + skip, ref_at]
+                   ctx.where(loc.device), loc.offset + skip, r, ref_at]
     if run is not None:
         _report_mirror(ctx, volume, run)
 
 
-def _piece_diff(ctx: Ctx, piece: mapper.Piece) -> tuple[int, int] | None:
-    """(leg, first differing byte, rounded down to a sector) of the first leg unlike leg 0."""
+def _piece_diff(ctx: Ctx, piece: mapper.Piece, failed: set[str]
+                ) -> tuple[int, int, int] | None:
+    """(leg, first differing byte rounded down to a sector, reference leg) of the first leg
+    unlike the first leg compared.
+
+    Legs on devices the configuration has ``failed`` are not compared: they
+    are behind by design until a node resyncs them (a pending resync).
+    """
     datas: list[bytes | None] = []
     for loc in piece.legs:
-        m = ctx.member(loc.device)
+        m = ctx.member(loc.device) if loc.device not in failed else None
         datas.append(m.dev.pread(piece.length, loc.offset) if m is not None else None)
-    ref = datas[0]
-    if ref is None:
+    r = next((i for i, d in enumerate(datas) if d is not None), None)
+    if r is None:
         return None
-    for leg, data in enumerate(datas[1:], 1):
+    ref = datas[r]
+    assert ref is not None  # chosen above as not None; not data from media
+    for leg, data in enumerate(datas[r + 1:], r + 1):
         if data is not None and data != ref:
             first = next(i for i, (a, b) in enumerate(zip(ref, data)) if a != b)
-            return leg, first - first % fmt.SECTOR
+            return leg, first - first % fmt.SECTOR, r
     return None
 
 
 def _report_mirror(ctx: Ctx, volume: str, run: list[Any]) -> None:
-    leg, start, end, where, offset, ref = run
+    leg, start, end, where, offset, r, ref = run
     ctx.report(Finding(
         "mirrors", where, offset,
-        f"volume {volume}: bytes {start}-{end - 1} of leg {leg} differ from leg 0 ({ref})",
+        f"volume {volume}: bytes {start}-{end - 1} of leg {leg} differ from leg {r} ({ref})",
         advice="vvfsck cannot tell which leg is right: copy the good one over the other"
                " (the node's scrub and resync do)", stage=STAGE_CONFIG))
 
