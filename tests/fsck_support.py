@@ -23,6 +23,7 @@ import yaml
 import mapper
 import vvfs.api
 import vvfs.discovery
+import vvfs.resync
 from metadata import format as fmt
 from metadata import media
 from metadata.blockdev import FileDevice
@@ -283,6 +284,25 @@ def commit_raw(env: Env, new: Pool, *, sync_catalog: bool = True) -> Pool:
         with env.manager() as mgr:
             mgr.catalog.sync_pool(new, {d.uuid: d.paths[0] for d in new.devices if d.paths})
     return new
+
+
+def pending_resync(env: Env, device: str = "d1", *, fail: bool = True) -> Pool:
+    """Commit a resync record of *device* as ``vv device online`` does, and stop there.
+
+    What a node killed before the resync ended leaves behind: the device
+    failed (by the real :meth:`Manager.fail_device`) and a record made by
+    :func:`vvfs.resync._record`, committed through the Manager's own
+    ``_changing``/``_commit`` as :func:`vvfs.resync._online` commits it.
+    With *fail* false the device stays ok (a stale record).
+    """
+    with env.manager() as mgr:
+        if fail:
+            mgr.fail_device(env.name, device, reason="test")
+        with mgr._changing(env.name, allow_missing=True) as op:
+            new = op.pool.copy()
+            new.operations.append(vvfs.resync._record(op.pool.device(device).uuid, None,
+                                                      "returning"))
+            return mgr._commit(op, new)
 
 
 def catalog_pool(env: Env) -> Pool | None:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import pytest
+import yaml
 
 import mapper
 from metadata import format as fmt
@@ -28,6 +29,7 @@ from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     label_of,
     make_env,
     media_choice,
+    pending_resync,
     root,
     scratch,
     sparse,
@@ -316,6 +318,101 @@ def test_check_interrupted_operations(env):
     assert after.volumes == pool.volumes
 
 
+# A resync record (vvfs/resync.py): a device brought back stays failed until a node resynced
+# it.  Pending, it is reported and kept; stale or naming no device of the pool, it is dropped.
+
+
+@pytest.fixture
+def mirrored(root):
+    """Two volumes mirrored on two of three devices: any one device may fail."""
+    return make_env(root, mirrors=2)
+
+
+def test_check_interrupted_operations_reports_a_pending_resync(mirrored):
+    pool = pending_resync(mirrored)
+    run = mirrored.check()
+    assert run.rc == fsck.EXIT_CLEAN, run.out
+    [line] = run.findings()
+    assert line.startswith("pool tank: resync of device d1 pending (returning, recorded ")
+    assert line.endswith(": it stays failed until the resync ends [nothing to repair: mounting"
+                         " the pool resumes it, or vv device resync tank d1]")
+    assert run.lines[-1] == (f"pool tank ({pool.uuid}) at generation {pool.generation}:"
+                             " clean; 1 operation pending")
+
+
+def test_repair_keeps_a_pending_resync(mirrored):
+    pool = pending_resync(mirrored)
+    run = mirrored.repair()
+    assert run.rc == fsck.EXIT_CLEAN, run.out
+    assert "repaired" not in run.out
+    after = mirrored.media_pool()
+    assert after.generation == pool.generation
+    assert after.operations == pool.operations
+    assert after.device("d1").state == "failed"
+
+
+def test_repairs_of_other_findings_keep_a_pending_resync(mirrored):
+    pool = pending_resync(mirrored)
+    flip(mirrored.paths[0], fmt.LABEL_A_OFFSET + 40)
+    run = mirrored.repair()
+    assert run.rc == fsck.EXIT_FOUND, run.out
+    assert not [ln for ln in run.lines if ln.startswith("left: ")]
+    assert run.lines[-1].endswith(": repaired, clean now; 1 operation pending")
+    again = mirrored.check()
+    assert again.rc == fsck.EXIT_CLEAN, again.out
+    assert mirrored.media_pool().operations == pool.operations
+
+
+def test_pending_resync_of_a_device_not_found(mirrored):
+    pending_resync(mirrored)
+    os.rename(mirrored.paths[1], mirrored.root / "elsewhere")
+    run = mirrored.check()
+    assert run.rc == fsck.EXIT_CLEAN, run.out
+    [line] = run.findings()
+    assert "resync of device d1 pending" in line
+    assert "the device is not among those found: connect it first" in line
+
+
+def test_check_interrupted_operations_drops_a_stale_resync_record(mirrored):
+    pending_resync(mirrored, fail=False)
+    run = mirrored.check()
+    assert run.rc == fsck.EXIT_FOUND
+    [line] = run.findings()
+    assert line.startswith("pool tank: resync record (")
+    assert line.endswith(" is stale: generation 4 has device d1 ok already (its resync"
+                         " ended, or was never needed) [repair: drop the record: commit a"
+                         " generation without it]")
+    assert_repaired_clean(mirrored)
+    after = mirrored.media_pool()
+    assert after.operations == [] and after.device("d1").state == "ok"
+
+
+@pytest.mark.parametrize(("record", "why"), [
+    ({"kind": "resync", "id": "x", "reason": "returning"}, "names no device"),
+    ({"kind": "resync", "id": "x", "device": "0" * 32},
+     f"names device {'0' * 32}, which generation 4 does not list"),
+])
+def test_check_interrupted_operations_drops_a_resync_record_of_no_device(mirrored, record, why):
+    pool = mirrored.media_pool()
+    pool.operations = [record]
+    commit_raw(mirrored, pool)
+    run = mirrored.check()
+    assert run.rc == fsck.EXIT_FOUND
+    [line] = run.findings()
+    assert line.startswith("pool tank: resync record (") and why in line
+    assert_repaired_clean(mirrored)
+    assert mirrored.media_pool().operations == []
+
+
+def test_dump_shows_a_pending_resync(mirrored):
+    pool = pending_resync(mirrored)
+    doc = yaml.safe_load(mirrored.check("--dump").out)
+    [op] = doc["pools"][0]["operations"]
+    assert op["kind"] == "resync" and op["state"] == "pending"
+    assert op["device"] == "d1" and op["device uuid"] == pool.device("d1").uuid
+    assert op["reason"] == "returning" and op["started"].endswith(" UTC")
+
+
 def test_check_configuration_catch_all(env):
     pool = env.media_pool()
     pool.volumes[1].name = pool.volumes[0].name
@@ -386,6 +483,20 @@ def test_check_mirrors(root):
     assert run.findings()[0].startswith(f"{path} at byte {leg.offset + 512}: volume v0: bytes"
                                         f" {(1 << 20) + 512}-")
     assert "of leg 1 differ from leg 0" in run.out
+
+
+def test_check_mirrors_skips_the_legs_of_a_failed_device(mirrored):
+    """A leg behind because its device is failed (a pending resync) is not damage."""
+    pool = pending_resync(mirrored)
+    failed = pool.device("d1").uuid
+    vol = next(v for v in pool.volumes if v.mirrors > 1)
+    [piece] = mapper.VolumeMap(pool, vol).resolve(1 << 20, 4096)
+    leg = next(loc for loc in piece.legs if loc.device == failed)
+    with FileDevice(pool.device(failed).paths[0]) as dev:
+        dev.pwrite(b"\xff" * 100, leg.offset + 600)
+    run = mirrored.check("--deep")
+    assert run.rc == fsck.EXIT_CLEAN, run.out
+    assert "differ from leg" not in run.out
 
 
 def test_check_mirrors_clean_when_legs_agree(root):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,7 @@ from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     label_of,
     make_env,
     media_choice,
+    pending_resync,
     record_op,
     root,
     scratch,
@@ -33,6 +37,8 @@ from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     vvfsck,
     zero,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_volume(env, name: str = "extra") -> None:
@@ -205,6 +211,26 @@ def test_two_devices_with_the_same_uuid(env):
     # given both on the command line, the newer one is checked and the stale clone named
     run = vvfsck(*env.paths, clone)
     assert [ln.split(" at byte")[0] for ln in run.findings()] == [clone]
+
+
+def test_node_killed_mid_resync_then_vv_device_resync_finishes_it(root):
+    """`vv device online` committed the resync record, then the node died; vvfsck keeps the
+    record, and `vv device resync` (offline: no node runs) finishes what the node began."""
+    env = make_env(root, mirrors=2)
+    pending_resync(env)
+    checked = env.repair()
+    assert checked.rc == fsck.EXIT_CLEAN, checked.out + checked.err
+    assert "resync of device d1 pending" in checked.out
+    resynced = subprocess.run(
+        [sys.executable, "-m", "tools.vv", "device", "resync", "--state-dir", env.state,
+         "tank", "d1"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert resynced.returncode == 0, resynced.stdout + resynced.stderr
+    assert resynced.stdout.startswith("resynced d1: ")
+    pool = env.media_pool()
+    assert pool.operations == [] and pool.device("d1").state == "ok"
+    after = env.check()
+    assert after.rc == fsck.EXIT_CLEAN, after.out
+    assert after.lines == [f"pool tank ({pool.uuid}) at generation {pool.generation}: clean"]
 
 
 def test_repair_then_check_is_clean(env):

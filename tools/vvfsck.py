@@ -39,7 +39,8 @@ pool open, no such pool, a device cannot be opened).
 @click.option("-y", "--yes", is_flag=True,
               help="Do not ask: answer yes to --repair and --rollback (for scripts).")
 @click.option("--dump", is_flag=True,
-              help="Print every generation found on each device as YAML, and nothing else.")
+              help="Print every generation found on each device, and the operations each"
+                   " pool records, as YAML; nothing else.")
 @click.option("--rollback", type=int, metavar="GEN",
               help="Make the configuration of generation GEN current again by committing"
                    " it as a new generation (asks first).")

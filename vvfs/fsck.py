@@ -19,7 +19,8 @@ again after each stage, because each stage is what the next one stands on:
 1. slots and commit records of existing generations, stale devices,
    interrupted generations, orphaned devices;
 2. configuration changes, committed together as one new generation
-   (interrupted operations rolled back, leaked extents freed);
+   (interrupted operations rolled back, stale resync records dropped,
+   leaked extents freed);
 3. the catalog, re-synced from media (media wins).
 
 While a device the configuration lists is missing, stages 1 and 2 are not
@@ -45,6 +46,14 @@ Interrupted operations are rolled *back*: the volume map still names the
 data's old place until the final commit of a move, so dropping the record
 loses nothing (a move then restarts from the beginning).  Rolling forward
 is the node's job, when it starts and finds the record.
+
+Resync records are the exception: a device brought back or replaced stays
+``failed`` in the configuration, with a resync record, until a node has
+resynced it (``vvfs/resync.py``).  Nothing is half done there, so a
+well-formed record is a *pending* finding: printed, kept by ``--repair``,
+and no problem for the exit status; the next mount finishes it.  Only a
+record that names no device of the pool, or a device already ``ok``, is
+dropped.
 
 Exit status (see ``man/vvfsck.8``): :data:`EXIT_CLEAN`, :data:`EXIT_FOUND`,
 :data:`EXIT_LEFT`, :data:`EXIT_OPERATIONAL`.
@@ -74,6 +83,8 @@ from metadata.errors import (
     VVError,
 )
 from metadata.model import Area, Device, Pool, Segment, Volume
+
+from .resync import RECORD_KIND as RESYNC_KIND
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +124,9 @@ class Finding:
     repair: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     edit: Callable[[Pool], None] | None = field(default=None, repr=False, compare=False)
     pool: str = ""
+    #: not a problem but work the next mount finishes (a resync record): reported,
+    #: never repaired, and left out of the exit status and of the finding counts
+    pending: bool = False
 
     @property
     def repairable(self) -> bool:
@@ -128,6 +142,8 @@ class Finding:
     def line(self) -> str:
         if self.repairable:
             tail = f" [repair: {self.fix}]"
+        elif self.pending:
+            tail = f" [nothing to repair: {self.advice}]"
         elif self.advice:
             tail = f" [no repair: {self.advice}]"
         else:
@@ -1037,10 +1053,17 @@ def _trim_volume(volume_uuid: str, need: int, pool: Pool) -> None:
 
 
 def check_interrupted_operations(ctx: Ctx) -> None:
-    """An operation record left in the configuration while no node runs: roll it back."""
+    """An operation record left in the configuration while no node runs: roll it back.
+
+    Resync records are the exception (:func:`_check_resync`): a well-formed
+    one is reported as pending and kept.
+    """
     if ctx.choice is None:
         return
     for op in ctx.pool.operations:
+        if isinstance(op, dict) and op.get("kind") == RESYNC_KIND:
+            _check_resync(ctx, op)
+            continue
         kind = str(op.get("kind", "an")) if isinstance(op, dict) else "an"
         resumable = _resumable_move(ctx.pool, op)
         if resumable is not None:
@@ -1070,6 +1093,77 @@ def _resumable_move(pool: Pool, op: Any) -> str | None:
         return None  # reported as an interrupted operation, rolled back
     return (f"move in progress, resumable: {rec.what} (move {rec.id}), {rec.copied} of"
             f" {rec.total} extents copied at the last checkpoint; mounting the pool resumes it")
+
+
+def _check_resync(ctx: Ctx, op: dict[str, Any]) -> None:
+    """A resync record (vvfs/resync.py): pending and kept, or malformed and dropped.
+
+    A well-formed record names a device of the pool that the configuration
+    still has ``failed``: a ``vv device online`` or ``replace`` (or the
+    node's probe) committed it and the node stopped before its resync ended.
+    Unlike a move, nothing was left half done: the device stays out of
+    service until a node resyncs it, commits it ``ok`` and drops the record,
+    which the next mount does by itself.  So the record is reported as
+    pending, not as damage: ``--repair`` keeps it and it does not count in
+    the exit status.  Dropping it would lose nothing either, but would leave
+    the device failed (its mirrors degraded) until someone thinks of running
+    ``vv device online``; keeping it is what the administrator who asked
+    for the resync expects.
+
+    A record no node can act on (it names no device, or a device the pool
+    does not list) or that is stale (its device is ``ok`` already, so the
+    resync ended or was never needed) is reported with the reason, and the
+    repair drops it.
+    """
+    entry, problem = _resync_device(ctx.pool, op)
+    if entry is None or problem is not None:
+        ctx.report(Finding(
+            "operations", f"pool {ctx.name}", None,
+            f"resync record ({_describe(op)}) {problem}",
+            fix="drop the record: commit a generation without it", stage=STAGE_CONFIG,
+            edit=functools.partial(_drop_operation, op)))
+        return
+    ctx.report(Finding(
+        "operations", f"pool {ctx.name}", None, _pending_resync(ctx, op, entry),
+        advice=f"mounting the pool resumes it, or vv device resync {ctx.name} {entry.name}",
+        stage=STAGE_CONFIG, pending=True))
+
+
+def _resync_device(pool: Pool, op: dict[str, Any]) -> tuple[Device | None, str | None]:
+    """The device of resync record *op*, and why the record is of no use (None: pending)."""
+    device = op.get("device")
+    if not isinstance(device, str) or not device:
+        return None, "names no device: no node can finish it"
+    entry = next((d for d in pool.devices if d.uuid == device), None)
+    if entry is None:
+        return None, (f"names device {device}, which generation {pool.generation} does not"
+                      " list (removed or replaced since?)")
+    if entry.state != "failed":
+        return entry, (f"is stale: generation {pool.generation} has device {entry.name}"
+                       f" {entry.state} already (its resync ended, or was never needed)")
+    return entry, None
+
+
+def _pending_resync(ctx: Ctx, op: dict[str, Any], entry: Device) -> str:
+    why = [str(op.get("reason") or "returning")]
+    started = _started(op)
+    if started is not None:
+        why.append(f"recorded {started}")
+    found = "" if ctx.member(entry.uuid) is not None else (
+        "; the device is not among those found: connect it first")
+    return (f"resync of device {entry.name} pending ({', '.join(why)}): it stays failed"
+            f" until the resync ends{found}")
+
+
+def _started(op: dict[str, Any]) -> str | None:
+    """When a resync record says it was made (None: it does not say, or not readably)."""
+    started = op.get("started")
+    if not isinstance(started, (int, float)) or isinstance(started, bool):
+        return None
+    try:
+        return _when(started)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _describe(op: Any) -> str:
@@ -1148,7 +1242,8 @@ def _sync_catalog(ctx: Ctx) -> None:
 
 
 def check_mirrors(ctx: Ctx) -> None:
-    """With --deep: the legs of every mirrored piece of every volume hold the same bytes."""
+    """With --deep: the legs of every mirrored piece of every volume hold the same bytes
+    (legs on failed devices excepted: a resync brings them up to date)."""
     if not ctx.deep or ctx.choice is None:
         return
     for v in ctx.pool.volumes:
@@ -1162,47 +1257,57 @@ def check_mirrors(ctx: Ctx) -> None:
 
 
 def _compare_legs(ctx: Ctx, volume: str, vmap: mapper.VolumeMap) -> None:
-    run: list[Any] | None = None  # [leg, first byte, end byte, where, device byte, ref]
+    # [leg, first byte, end byte, where, device byte, reference leg, its place]
+    run: list[Any] | None = None
+    failed = {d.uuid for d in ctx.pool.devices if d.state == "failed"}
     for pos in range(0, vmap.size, DEEP_CHUNK):
         for piece in vmap.resolve(pos, min(DEEP_CHUNK, vmap.size - pos)):
-            diff = _piece_diff(ctx, piece)
+            diff = _piece_diff(ctx, piece, failed)
             if diff is None:
                 continue
-            leg, skip = diff
+            leg, skip, r = diff
             if run is not None and run[0] == leg and run[2] == piece.offset:
                 run[2] = piece.offset + piece.length
                 continue
             if run is not None:
                 _report_mirror(ctx, volume, run)
-            loc, ref = piece.legs[leg], piece.legs[0]
+            loc, ref = piece.legs[leg], piece.legs[r]
             ref_at = f"{ctx.where(ref.device)} at byte {ref.offset + skip}"
             run = [leg, piece.offset + skip, piece.offset + piece.length,
-                   ctx.where(loc.device), loc.offset + skip, ref_at]
+                   ctx.where(loc.device), loc.offset + skip, r, ref_at]
     if run is not None:
         _report_mirror(ctx, volume, run)
 
 
-def _piece_diff(ctx: Ctx, piece: mapper.Piece) -> tuple[int, int] | None:
-    """(leg, first differing byte, rounded down to a sector) of the first leg unlike leg 0."""
+def _piece_diff(ctx: Ctx, piece: mapper.Piece, failed: set[str]
+                ) -> tuple[int, int, int] | None:
+    """(leg, first differing byte rounded down to a sector, reference leg) of the first leg
+    unlike the first leg compared.
+
+    Legs on devices the configuration has ``failed`` are not compared: they
+    are behind by design until a node resyncs them (a pending resync).
+    """
     datas: list[bytes | None] = []
     for loc in piece.legs:
-        m = ctx.member(loc.device)
+        m = ctx.member(loc.device) if loc.device not in failed else None
         datas.append(m.dev.pread(piece.length, loc.offset) if m is not None else None)
-    ref = datas[0]
-    if ref is None:
+    r = next((i for i, d in enumerate(datas) if d is not None), None)
+    if r is None:
         return None
-    for leg, data in enumerate(datas[1:], 1):
+    ref = datas[r]
+    assert ref is not None  # chosen above as not None; not data from media
+    for leg, data in enumerate(datas[r + 1:], r + 1):
         if data is not None and data != ref:
             first = next(i for i, (a, b) in enumerate(zip(ref, data)) if a != b)
-            return leg, first - first % fmt.SECTOR
+            return leg, first - first % fmt.SECTOR, r
     return None
 
 
 def _report_mirror(ctx: Ctx, volume: str, run: list[Any]) -> None:
-    leg, start, end, where, offset, ref = run
+    leg, start, end, where, offset, r, ref = run
     ctx.report(Finding(
         "mirrors", where, offset,
-        f"volume {volume}: bytes {start}-{end - 1} of leg {leg} differ from leg 0 ({ref})",
+        f"volume {volume}: bytes {start}-{end - 1} of leg {leg} differ from leg {r} ({ref})",
         advice="vvfsck cannot tell which leg is right: copy the good one over the other"
                " (the node's scrub and resync do)", stage=STAGE_CONFIG))
 
@@ -1285,14 +1390,19 @@ class Checker:
 
     def run(self, *, repair: bool = False,
             confirm: Callable[[str], bool] = lambda question: False) -> int:
-        """Check, repair if asked (and confirmed), and return the exit status."""
+        """Check, repair if asked (and confirmed), and return the exit status.
+
+        Pending findings (:attr:`Finding.pending`) are printed but are no
+        problem: a pool with nothing else is clean.
+        """
         found = self.check()
-        fixable = [f for f in found if f.repairable]
-        if not found or not repair:
+        problems = [f for f in found if not f.pending]
+        fixable = [f for f in problems if f.repairable]
+        if not problems or not repair:
             self._summary(found, lambda _pool, fs: _found_text(fs))
-            if not found:
+            if not problems:
                 return EXIT_CLEAN
-            return EXIT_FOUND if len(fixable) == len(found) else EXIT_LEFT
+            return EXIT_FOUND if len(fixable) == len(problems) else EXIT_LEFT
         if not fixable or not confirm(f"repair {_n(len(fixable), 'finding')}?"):
             self._summary(found, lambda _pool, fs: f"{_n(len(fs), 'finding')}, not repaired"
                           if fs else "clean")
@@ -1312,20 +1422,27 @@ class Checker:
         gone = {f.key for f in left}
         for key in sorted(self._emitted - self._repaired - gone, key=str):
             self.emit(f"repaired: {_place(key)} (by the repairs above)")
-        for f in left:
+        problems = [f for f in left if not f.pending]
+        for f in problems:
             self.emit(f"left: {f.line()}")
-        had = {f.pool for f in found}
+        had = {f.pool for f in found if not f.pending}
         self._summary(left, lambda pool, fs: f"{_n(len(fs), 'finding')} left" if fs else
                       "repaired, clean now" if pool in had else "clean")
-        return EXIT_LEFT if left else EXIT_FOUND
+        return EXIT_LEFT if problems else EXIT_FOUND
 
     def _summary(self, findings: list[Finding],
                  text: Callable[[str, list[Finding]], str]) -> None:
-        """One line per pool (and one for devices of no pool) saying how it stands."""
+        """One line per pool (and one for devices of no pool) saying how it stands.
+
+        *text* says it from the problems; pending findings are counted after it.
+        """
         for name, (uuid, gen) in sorted(self._pools.items()):
             at = f"generation {gen}" if gen is not None else "no complete generation"
             mine = [f for f in findings if f.pool == uuid]
-            self.emit(f"pool {name} ({uuid}) at {at}: {text(uuid, mine)}")
+            problems = [f for f in mine if not f.pending]
+            pending = len(mine) - len(problems)
+            tail = f"; {_n(pending, 'operation')} pending" if pending else ""
+            self.emit(f"pool {name} ({uuid}) at {at}: {text(uuid, problems)}{tail}")
         others = [f for f in findings if not f.pool]
         if others or not self._pools:
             label = "other devices" if self._pools else "no pool"
@@ -1489,7 +1606,7 @@ class Checker:
         return self.run()
 
     def dump(self) -> dict[str, Any]:
-        """Every generation found on every device (for --dump, as YAML)."""
+        """Every generation on every device, and each pool's operations (--dump, as YAML)."""
         devs = self.devices.open()
         try:
             contexts, strays = self._read(devs)
@@ -1666,10 +1783,30 @@ def _dump_pool(ctx: Ctx) -> dict[str, Any]:
                            "opens at": ctx.choice.generation if ctx.choice else None}
     if ctx.choice is None:
         out["problem"] = ctx.group.choice_error
+    else:
+        out["operations"] = [_dump_operation(ctx.pool, op) for op in ctx.pool.operations]
     out["devices"] = [_dump_member(m) for m in ctx.members]
     if ctx.group.clones:
         out["duplicates"] = [{"uuid": c.uuid, "paths": [u.name, c.name]}
                              for u, c in ctx.group.clones]
+    return out
+
+
+def _dump_operation(pool: Pool, op: Any) -> dict[str, Any]:
+    """An operation record of the generation the pool opens at; a resync one with its state."""
+    if not isinstance(op, dict):
+        return {"record": _describe(op)}
+    if op.get("kind") != RESYNC_KIND:
+        return {"kind": op.get("kind"), "record": _describe(op)}
+    entry, problem = _resync_device(pool, op)
+    out: dict[str, Any] = {"kind": RESYNC_KIND, "device": entry.name if entry else None,
+                           "device uuid": op.get("device"), "reason": op.get("reason")}
+    started = _started(op)
+    if started is not None:
+        out["started"] = started
+    if op.get("rate"):
+        out["rate"] = op["rate"]
+    out["state"] = "pending" if problem is None else f"of no use: {problem}"
     return out
 
 

@@ -26,8 +26,9 @@ start after a crash) it opens the device, checks its label, loads its
 dirty log, makes it *resyncing* (written, not read) and runs a resync of
 every dirty region.  When that ends, one more call (``finish_resync``)
 commits the device ``ok`` and drops the record, and the device's uuid is
-removed from the stale lists of the other logs.  A record dropped by
-vvfsck only leaves the device ``failed``: nothing is lost.
+removed from the stale lists of the other logs.  vvfsck reports a
+record as a pending resync and keeps it; one dropped (a stale record, or
+by hand) only leaves the device ``failed``: nothing is lost.
 
 At start, bits found set in the logs (a crash) start a resync of those
 regions from the first healthy leg (reads use that leg meanwhile), and a
