@@ -14,6 +14,7 @@ import trio
 
 from mapper import VolumeSpec, create_volume
 from mapper.mirrors import MirrorIndex, replace_device
+from mapper.move import plan_move
 from mapper.placement import PlacementError
 from metadata import dirtylog
 from metadata.dirtylog import BITS_PER_BLOCK, BLOCK
@@ -318,6 +319,21 @@ def test_replace_refuses_data_without_another_copy() -> None:
     old = p.volumes[0].segments[0].areas[0][0].device
     with pytest.raises(PlacementError, match="no other working copy"):
         replace_device(p, old, _device(64, "d9"))
+
+
+def test_replace_refuses_a_device_that_a_move_reads_or_writes() -> None:
+    p = create_volume(_pool(4), VolumeSpec(name="m", size=16 * MiB, mirrors=2))
+    legs = [leg[0].device for leg in p.volumes[0].segments[0].areas]
+    names = {d.uuid: d.name for d in p.devices}
+    spare = next(d.name for d in p.devices if d.uuid not in legs)
+    moving = plan_move(p, "m", spare, names[legs[0]])
+    for key in (legs[0], spare):
+        with pytest.raises(PlacementError, match="takes part in move .*abort the move first"):
+            replace_device(moving, key, _device(64, "d9"))
+    # the other leg is no part of the move: it can be replaced (the move then waits
+    # for the rebuild, see vvfs/move.py)
+    q = replace_device(moving, legs[1], _device(64, "d9"))
+    assert q.operations == moving.operations
 
 
 # ---------------------------------------------------------------------------
