@@ -236,3 +236,49 @@ def _config_through_node(pool: TestPool) -> dict[str, Any]:
 
     with open_manager(pool.state) as mgr:
         return mgr.show_pool(pool.name).pool.to_dict()  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------
+# scrub beside failures and resyncs
+
+
+def _scrub_status(pool: TestPool) -> dict[str, Any]:
+    from vvfs.client import open_manager
+
+    with open_manager(pool.state) as mgr:
+        return mgr.scrub_status(f"{pool.name}/m")  # type: ignore[no-any-return]
+
+
+def test_scrub_leaves_a_failed_or_resyncing_leg_alone(tmp_path: Path) -> None:
+    pool = TestPool(tmp_path, devices=2)
+    size = 16 * MiB
+    pool.create_volume("m", size, mirrors=2)
+    p = _config(pool)
+    leg0 = VolumeMap(p, p.volume("m")).resolve(0, 1)[0].legs[0]
+    behind = next(d.name for d in p.devices if d.uuid == leg0.device)
+    first, later = os.urandom(size), os.urandom(8 * MiB)
+    with mounted(pool, *NODE_OPTIONS) as node:
+        path = pool.volume_path("m")
+        _write(path, 0, first)
+        pool.vv("device", "fail", "tank", behind)  # leg 0 falls behind from here
+        _write(path, 4 * MiB, later)
+        st = json.loads(pool.vv("volume", "scrub", "tank/m", "--repair", "--json").stdout)
+        assert st["findings"] == [] and st["repaired"] == 0, st
+        assert st["skipped"] == size, st
+
+        # a scrub started while leg 0 resyncs waits for the resync, and never
+        # takes the stale leg 0 for the right one
+        pool.vv("device", "online", "tank", behind, "--rate", "2M")
+        wait_until(lambda: behind in _status(pool)["mirror"].get("resyncing", []), 20,
+                   f"{behind} to resync")
+        pool.vv("volume", "scrub", "tank/m", "--repair", "--no-wait")
+        states = set()
+        while (st := _scrub_status(pool))["state"] not in ("done", "failed"):
+            states.add(st["state"])
+            time.sleep(0.1)
+        assert st["state"] == "done" and st["findings"] == [], st
+        assert "waiting for resync" in states, states
+        expect = first[:4 * MiB] + later + first[12 * MiB:]
+        assert _pread(path, 0, size) == expect
+        node.umount()
+    assert_legs_identical(pool, tmp_path)

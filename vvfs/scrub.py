@@ -20,7 +20,15 @@ read, and each 4 KiB block is judged by :func:`judge`:
   flip in the other leg); if legs match different entries, or none matches,
   leg 0 is taken (the resync rule; see :mod:`vvfs.checksums`, "Across a
   crash") and the finding says so;
-* a leg that cannot be read is a *read error*, repaired from a leg that can.
+* a leg that cannot be read is a *read error*, repaired from a leg that can;
+* a leg on a device that is failed or being resynced is not compared (it is
+  behind by design; resync brings it up to date): a piece with fewer than
+  two other legs is counted as ``skipped``.
+
+A scrub never runs beside a resync: it waits while the pool resyncs (or has
+a crash's dirty regions to resync) and holds the pool's
+``PoolMirror.copy_lock`` around each chunk, as a move does around each
+extent; so a resync never changes a chunk that a scrub is judging.
 
 With ``repair`` the bad legs are rewritten from the right one and every
 leg's entry is set to the right data's crc32c, still under the chunk's lock;
@@ -34,8 +42,10 @@ calls; a repair in progress is finished or not, per block, like a crash.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: Bytes of volume locked, read and judged at a time.
 CHUNK = 1 << 20
+#: Seconds between looks at the pool while a scrub waits for a resync.
+RESYNC_POLL = 0.5
 #: Findings kept in detail (the counters count all of them).
 MAX_FINDINGS = 1000
 
@@ -69,6 +81,8 @@ class ScrubStats:
     checksum_errors: int = 0
     read_errors: int = 0
     repaired: int = 0
+    #: volume bytes not compared: fewer than two legs on readable devices
+    skipped: int = 0
 
 
 @dataclass
@@ -114,7 +128,7 @@ class ScrubTask:
                 if self.pio.uuid in self.jobs.guards else False,
                 "blocks": s.blocks, "bytes_read": s.bytes_read, "data_errors": s.data_errors,
                 "checksum_errors": s.checksum_errors, "read_errors": s.read_errors,
-                "repaired": s.repaired, "findings": list(self.findings),
+                "repaired": s.repaired, "skipped": s.skipped, "findings": list(self.findings),
                 "started": self.started, "ended": self.ended, "error": self.error}
 
     async def run(self) -> None:
@@ -142,12 +156,33 @@ class ScrubTask:
              f" {st.checksum_errors} checksum, {st.read_errors} read errors, {st.repaired}"
              " repaired")
 
+    def _mirror(self) -> Any:
+        mirrors = getattr(self.jobs.node, "mirrors", None)
+        return mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+
+    @contextlib.asynccontextmanager
+    async def _quiet(self) -> AsyncIterator[None]:
+        """Wait while the pool resyncs, then hold its copy lock (no resync starts meanwhile)."""
+        while True:
+            pm = self._mirror()
+            if pm is None:
+                yield
+                return
+            if not pm.needs_resync and pm.running_job() is None:
+                async with pm.copy_lock:
+                    if not pm.needs_resync and pm.running_job() is None:
+                        yield
+                        return
+            self.state = "waiting for resync"
+            await trio.sleep(RESYNC_POLL)
+
     async def _scrub(self) -> None:
         guard = self.jobs.guards[self.pio.uuid]
         lock = guard.lock(self.vio.uuid)
         for off in range(0, self.vio.size, CHUNK):
             n = min(CHUNK, self.vio.size - off)
-            async with lock.exclusive(off, off + n):
+            async with self._quiet(), lock.exclusive(off, off + n):
+                self.state = "running"
                 for piece in self.vio.vmap.resolve(off, n):
                     await self._piece(piece)
             self.done = off + n
@@ -171,13 +206,21 @@ class ScrubTask:
         guard = self.jobs.guards[self.pio.uuid]
         store = guard.store
         use_csum = guard.checksummed(self.vio)
-        datas = [await self._read(loc.device, loc.offset, piece.length) for loc in piece.legs]
+        pm = self._mirror()
+        # legs on failed or resyncing devices are behind by design: not compared
+        absent = {i for i, loc in enumerate(piece.legs)
+                  if pm is not None and not pm.readable(loc.device)}
+        if len(piece.legs) - len(absent) < 2:
+            self.stats.skipped += piece.length
+            return
+        datas = [await self._read(loc.device, loc.offset, piece.length) if i not in absent
+                 else None for i, loc in enumerate(piece.legs)]
         self.stats.bytes_read += sum(len(d) for d in datas if d is not None)
         whole = piece.length // BLOCK
         stored: list[list[int] | None] = []
-        for loc in piece.legs:
+        for i, loc in enumerate(piece.legs):
             entries = None
-            if use_csum and whole:
+            if use_csum and whole and i not in absent:
                 try:
                     entries = await store.read_media(loc.device, loc.offset, whole)
                 except DeviceIOError as exc:
@@ -194,16 +237,17 @@ class ScrubTask:
                 self._flush_run()
                 continue
             verdict = judge(blocks, marks)
-            await self._block(piece, i, lo, hi, blocks, verdict, use_csum and i < whole)
+            await self._block(piece, i, lo, hi, blocks, verdict, use_csum and i < whole, absent)
 
     async def _block(self, piece: Any, i: int, lo: int, hi: int, blocks: list[bytes | None],
-                     v: Verdict, csum: bool) -> None:
+                     v: Verdict, csum: bool, absent: set[int]) -> None:
         store = self.jobs.guards[self.pio.uuid].store
         problems: list[tuple[str, int]] = []
         for leg in v.bad_data:
-            problems.append(("read error" if blocks[leg] is None else "data", leg))
+            if leg not in absent:
+                problems.append(("read error" if blocks[leg] is None else "data", leg))
         for leg in v.bad_entry:
-            if leg not in v.bad_data:
+            if leg not in v.bad_data and leg not in absent:
                 problems.append(("checksum", leg))
         if not problems:
             self._flush_run()
@@ -217,18 +261,21 @@ class ScrubTask:
             try:
                 for leg in v.bad_data:
                     loc = piece.legs[leg]
-                    if loc.device in self.pio.devices:
+                    if leg not in absent and loc.device in self.pio.devices:
                         await guard.write_leg(self.pio.devices, loc.device, loc.offset + lo, good)
                         self._touched.add(loc.device)
                 if csum:
                     value = checksums.pack([v.value])
-                    runs = [(loc.device, loc.offset + lo, value) for loc in piece.legs]
+                    runs = [(loc.device, loc.offset + lo, value)
+                            for m, loc in enumerate(piece.legs) if m not in absent]
                     if shadow is not None:  # a moving leg's entries move with it
-                        runs += [(dest, at, value) for loc in piece.legs
+                        runs += [(dest, at, value) for m, loc in enumerate(piece.legs)
+                                 if m not in absent
                                  for _skip, dest, at, _n in shadow.map(loc.device,
                                                                        loc.offset + lo, BLOCK)]
                     await store.update(runs)
-                    self._touched |= {loc.device for loc in piece.legs}
+                    self._touched |= {loc.device for m, loc in enumerate(piece.legs)
+                                      if m not in absent}
                 repaired = True
             except DeviceIOError as exc:
                 log.error("scrub: repair failed: %s", exc)
