@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -25,7 +25,7 @@ from metadata import dirtylog
 from vvfs.mirror import MARK_AHEAD
 
 from .faultfs import FaultFS, faultfs_mounted
-from .mountutil import GiB, MiB, TestPool, fio, mounted, require, wait_until
+from .mountutil import GiB, MiB, TestPool, fio, mounted, read_dev, require, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -190,17 +190,27 @@ def _dirty_region_offsets(pool: TestPool, tmp_path: Path) -> tuple[Any, list[int
     return p, [geo.region_start(r) for r in image.dirty()], geo.region
 
 
-def test_a_sigkill_mid_writes_resyncs_only_dirty_ranges(tmp_path: Path) -> None:
-    require("fio")
-    pool = TestPool(tmp_path, devices=2)
-    pool.create_volume("m", VOLUME, mirrors=2)
+class TornWrite(NamedTuple):
+    """A region that differs between the legs after a crash (see _crash_with_a_torn_write)."""
+
+    dirty: int  # regions dirty on leg 0 at the crash
+    region: int  # bytes per region
+    leg1: Path  # leg 1's backing file
+    name: str  # leg 1's device name
+    offset: int  # the damaged bytes on leg 1
+    good: bytes  # what leg 0 holds there
+
+
+def _crash_with_a_torn_write(pool: TestPool, tmp_path: Path) -> TornWrite:
+    """SIGKILL a node under fio, then damage leg 1 in a region dirty at the crash.
+
+    (An in-flight write that reached leg 0 and not leg 1.)
+    """
     with mounted(pool, *NODE_OPTIONS) as node, fio_running(pool.volume_path("m")):
         time.sleep(1.0)
         node.kill()
     p, dirty, region = _dirty_region_offsets(pool, tmp_path)
     assert dirty, "no region was dirty at the crash"
-    # An in-flight write that reached leg 0 and not leg 1: damage leg 1 there.
-    vmap = VolumeMap(p, p.volume("m"))
     seg0 = p.volume("m").segments[0]
     leg0_dev, leg1_dev = seg0.areas[0][0].device, seg0.areas[1][0].device
     devs = {d.uuid: d for d in p.devices}
@@ -213,20 +223,29 @@ def test_a_sigkill_mid_writes_resyncs_only_dirty_ranges(tmp_path: Path) -> None:
     with open(devs[leg1_dev].paths[0], "r+b") as f:
         f.seek(base1 + victim - base0)
         f.write(os.urandom(4096))
+    return TornWrite(len(dirty), region, Path(devs[leg1_dev].paths[0]), devs[leg1_dev].name,
+                     base1 + victim - base0, good)
+
+
+def test_a_sigkill_mid_writes_resyncs_only_dirty_ranges(tmp_path: Path) -> None:
+    require("fio")
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", VOLUME, mirrors=2)
+    torn = _crash_with_a_torn_write(pool, tmp_path)
     with mounted(pool, *NODE_OPTIONS) as node:
         wait_until(lambda: any(j["kind"] == "crash" and j["state"] == "done"
                                for j in _status(pool)["mirror"]["jobs"]), 60, "the resync")
         job = next(j for j in _status(pool)["mirror"]["jobs"] if j["kind"] == "crash")
         print(f"resync after the crash copied {job['bytes_done']} bytes;"
-              f" {len(dirty)} regions were dirty on leg 0")
-        assert len(dirty) * region <= job["bytes_done"] <= FIO_SIZE + AHEAD, job
+              f" {torn.dirty} regions were dirty on leg 0")
+        assert torn.dirty * torn.region <= job["bytes_done"] <= FIO_SIZE + AHEAD, job
         assert ("resync-done", "tank") in _kinds(pool)
         node.umount()
-    assert vmap.size == VOLUME
+    p, v = pool.show("m")
+    assert VolumeMap(p, v).size == VOLUME  # type: ignore[arg-type]
     assert_legs_identical(pool, tmp_path)
-    with open(devs[leg1_dev].paths[0], "rb") as f:  # repaired from leg 0, not the reverse
-        f.seek(base1 + victim - base0)
-        assert f.read(4096) == good
+    # repaired from leg 0, not the reverse
+    assert read_dev(str(torn.leg1), torn.offset, 4096) == torn.good
 
 
 def test_replace_a_failed_device(tmp_path: Path) -> None:
@@ -401,3 +420,108 @@ def test_a_vanished_device_comes_back_by_itself_and_events_stream(tmp_path: Path
         wait_until(lambda: _device_state(pool, "d1") == "ok", 30, "d1 back")
         node.umount()
     assert_legs_identical(pool, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# a device missing when the node starts
+
+
+PROBING = ("probe_interval=0.5", "resync_rate=0")
+
+
+@contextlib.contextmanager
+def moved_away(path: Path) -> Iterator[Path]:
+    """Move *path* away (a device gone); put it back afterwards if the test did not.
+
+    (Into a directory of its own: the search paths, one level deep, would find it.)
+    """
+    away = path.parent / "away" / path.name
+    away.parent.mkdir(exist_ok=True)
+    path.rename(away)
+    try:
+        yield away
+    finally:
+        if away.exists():
+            away.rename(path)
+
+
+def _job(pool: TestPool, kind: str) -> dict[str, Any]:
+    return next(j for j in _status(pool)["mirror"]["jobs"] if j["kind"] == kind)
+
+
+def test_a_device_missing_at_start_comes_back_by_itself(tmp_path: Path) -> None:
+    require("fio")
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", VOLUME, mirrors=2)
+    dev1 = tmp_path / "dev1.img"
+    with moved_away(dev1) as away, mounted(pool, *PROBING) as node:
+        wait_until(lambda: _device_state(pool, "d1") == "failed", 20, "d1 failed at start")
+        assert ("device-failed", "d1") in _kinds(pool)
+        path = pool.volume_path("m")
+        fio(*_fio_args(path, "--do_verify=1")[2:])
+        away.rename(dev1)
+        wait_until(lambda: _device_state(pool, "d1") == "ok", 60, "d1 back by itself")
+        job = _job(pool, "returning")
+        assert job["state"] == "done", job
+        print(f"resync of the returning device copied {job['bytes_done']} bytes")
+        assert MiB <= job["bytes_done"] <= FIO_SIZE, job  # fio's corner, not the volume
+        kinds = _kinds(pool)
+        assert ("device-returned", "d1") in kinds and ("resync-done", "d1") in kinds
+        _verify_only(path)
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# a failed path that works again
+
+
+def _path_states(pool: TestPool, device: str = "d1") -> dict[str, str]:
+    out = json.loads(pool.vv("device", "paths", "tank", device, "--json").stdout)
+    return {p["path"]: p["state"] for p in out["paths"]}
+
+
+@pytest.mark.parametrize("backing", ["buffered", "direct"])
+def test_a_failed_primary_path_returns_and_io_goes_back_to_it(tmp_path: Path, backing: str
+                                                              ) -> None:
+    with faulty_pool(tmp_path) as (pool, ffs), \
+            mounted(pool, *PROBING, f"backing={backing}") as node:
+        primary = ffs.path("dev1.img")
+        alternate = str(tmp_path / "backing" / "dev1.img")  # the same bytes, another way
+        pool.vv("device", "paths", "tank", "d1", "--add", alternate)
+        path = pool.volume_path("m")
+        with fio_running(path, "--rate=4m") as proc:  # writing until after the switch back
+            time.sleep(0.7)
+            ffs.fail("dev1.img")
+            wait_until(lambda: _path_states(pool) == {primary: "failed", alternate: "active"},
+                       20, "the switch to the alternate")
+            ffs.heal()
+            wait_until(lambda: _path_states(pool) == {primary: "active", alternate: "standby"},
+                       20, "the primary back in use")
+            _fio_result(proc)
+        assert _device_state(pool, "d1") == "ok"
+        kinds = _kinds(pool)
+        assert ("path-failed", "d1") in kinds and ("path-returned", "d1") in kinds
+        assert ("device-failed", "d1") not in kinds
+        writes = ffs.state()["dev1.img"]["writes"]
+        _write(path, 200 * MiB, os.urandom(MiB))
+        assert ffs.state()["dev1.img"]["writes"] > writes, "d1 is not written through its primary"
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+def test_a_device_missing_after_a_crash_gets_the_regions_dirty_at_the_crash(tmp_path: Path
+                                                                            ) -> None:
+    require("fio")
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", VOLUME, mirrors=2)
+    torn = _crash_with_a_torn_write(pool, tmp_path)
+    with moved_away(torn.leg1) as away, mounted(pool, *PROBING) as node:
+        wait_until(lambda: _device_state(pool, torn.name) == "failed", 20, "a failure at start")
+        away.rename(torn.leg1)
+        wait_until(lambda: _device_state(pool, torn.name) == "ok", 60, "the device back")
+        job = _job(pool, "returning")
+        assert job["bytes_done"] >= torn.dirty * torn.region, job
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+    assert read_dev(str(torn.leg1), torn.offset, 4096) == torn.good

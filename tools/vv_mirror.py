@@ -242,7 +242,9 @@ def device_paths(mgr: Any, pool_name: str, key: str, add: str | None, remove: st
                  as_json: bool) -> None:
     """Show DEV's paths (primary first, with their state in the node), or edit them.
 
-    When the path in use fails, I/O goes on through the next working one.
+    When the path in use fails, I/O goes on through the next working one;
+    a failed path is used again once it works (the first working path in
+    order is the one in use).
     """
     if add and remove:
         raise click.UsageError("give --add or --remove, not both")

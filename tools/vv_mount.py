@@ -21,7 +21,8 @@ backing=buffered   backing devices through the page cache (default)
 backing=direct     backing devices opened with O_DIRECT
 io_threads=N       device calls in flight across the node (default 32)
 resync_rate=SIZE   bytes per second a resync copies at most (default 256M; 0: no limit)
-probe_interval=S   seconds between looks for vanished devices (default 5; 0: never)
+probe_interval=S   seconds between looks for vanished devices and failed paths
+                   (default 5; 0: never)
 debug              debug logging of the node
 =================  ======================================================
 

@@ -42,11 +42,24 @@ call fails on it with an error that says the *path* is gone or broken
 path that has not failed, retries the call there and keeps using it; the
 failed path is reported through ``on_path_failed``.  Concurrent calls that
 failed on the same path retry once the switch is done (one switch per path,
-under ``_failover_lock``).  Descriptors of a failed path are closed only by
-:meth:`DataDevice.close`, never under a call still using them.  Only when
-every path has failed does the call raise.  (A buffered write that reached
-a path's page cache and was lost by a failing ``fdatasync`` cannot be
-replayed: use ``backing=direct`` for several paths to one block device.)
+under ``_failover_lock``).  Descriptors of a failed path are closed by
+:meth:`DataDevice.close` or by the next switch back (below), never under a
+call still using them.  Only when every path has failed does the call
+raise.  (A buffered write that reached a path's page cache and was lost by
+a failing ``fdatasync`` cannot be replayed: use ``backing=direct`` for
+several paths to one block device.)
+
+A failed path is not given up for good: :meth:`DataDevice.restore_path`
+(the node's probe calls it once the path carries the device's label
+again) makes it ``standby``, or ``active`` when it comes before the path
+in use -- the device always uses the first working path in order.  Going
+back to an earlier path *pauses* the device: new calls wait, the calls in
+flight are waited for, the path being left is flushed (``fdatasync``,
+so that what went through its page cache is on the device before reads
+go through another one), then the descriptors are swapped and the calls
+let through.  A path switched to (by failover or failback) first has its
+clean cached pages dropped (``POSIX_FADV_DONTNEED``): they may predate
+writes made through another path.
 
 Errors are :class:`metadata.blockdev.DeviceIOError` naming the device and the
 byte offset.  Cancellation: the worker threads are never abandoned, so a
@@ -156,6 +169,9 @@ class DataDevice:
         self._path_gen = 0
         self._failover_lock = trio.Lock()
         self._retired: list[int] = []
+        #: set while a failback waits for the calls in flight: new calls wait for it
+        self._paused: trio.Event | None = None
+        self._drained = trio.Event()
         self._fd, self._dfd = self._open_fds(path)
         st = os.fstat(self._fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
@@ -184,6 +200,15 @@ class DataDevice:
                 os.close(fd)
                 raise
         return fd, dfd
+
+    def _open_switch(self, path: str) -> tuple[int, int]:
+        """:meth:`_open_fds` of a path to switch to, its stale cached pages dropped."""
+        fds = self._open_fds(path)
+        try:
+            os.posix_fadvise(fds[0], 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            log.debug("%s: cached pages not dropped: %s", path, exc.strerror)
+        return fds
 
     # -- public async API ---------------------------------------------------
 
@@ -295,6 +320,85 @@ class DataDevice:
         self.path_state = {p: self.path_state.get(p, "standby") for p in new}
         self.paths = new
 
+    async def restore_path(self, path: str) -> str | None:
+        """Use failed *path* again; return its state now (``active``, ``standby``).
+
+        The caller checked that *path* leads to this device (its label).
+        The path becomes ``active`` when it comes before the one in use
+        (see the module docstring: the device pauses while it switches),
+        else ``standby``.  None when *path* is no longer a failed path of
+        this device, or the device was closed or is switching already.
+        Raises :class:`DeviceIOError` if *path* cannot be opened (it stays
+        failed).  Cancellation: the calls paused meanwhile go on, on the
+        path they had; *path* stays failed.
+        """
+        if self.path_state.get(path) != "failed":
+            return None
+        fds = await trio.to_thread.run_sync(self._open_switch, path)
+        left: list[int] | None = None
+        try:
+            if self._fd >= 0 and self.path_state.get(path) == "failed":
+                if not self._comes_first(path):
+                    self.path_state[path] = "standby"
+                    return "standby"
+                left = await self._switch_back(path, fds)
+        finally:
+            if left is None:
+                _close_fds(fds)
+        if left is None:
+            return None
+        await trio.to_thread.run_sync(_close_fds, left)
+        return "active"
+
+    def _comes_first(self, path: str) -> bool:
+        """Does *path* come before the path in use, in the configured order?"""
+        return self.path not in self.paths or self.paths.index(path) < self.paths.index(
+            self.path)
+
+    async def _switch_back(self, path: str, fds: tuple[int, int]) -> list[int] | None:
+        """Make *path* (open as *fds*) active, paused; the descriptors left behind.
+
+        None (and nothing changed) if that no longer applies.
+        """
+        if self._paused is not None:
+            return None
+        paused = self._paused = trio.Event()
+        flushed: DeviceIOError | None = None
+        try:
+            while self.stats.in_flight:
+                self._drained = trio.Event()
+                await self._drained.wait()
+            if self._fd < 0 or self.path_state.get(path) != "failed" \
+                    or not self._comes_first(path):
+                return None
+            old = self.path
+            self.stats.in_flight += 1  # so that close() waits for this fdatasync
+            try:
+                await trio.to_thread.run_sync(self._flush_sync, limiter=self._limiter)
+            except DeviceIOError as exc:
+                flushed = exc
+            finally:
+                self.stats.in_flight -= 1
+            if self._fd < 0:
+                return None
+            left = [*self._retired, *(fd for fd in (self._fd, self._dfd) if fd >= 0)]
+            self._fd, self._dfd = fds
+            self._retired = []
+            self.path_state[old] = "failed" if flushed is not None else "standby"
+            self.path = self.name = path
+            self.path_state[path] = "active"
+            self._path_gen += 1
+        finally:
+            self._paused = None
+            paused.set()
+        log.info("device %s: path %s is back; switched to it from %s", self.uuid, path, old)
+        if flushed is not None:
+            log.warning("device %s: path %s failed its last flush (%s)", self.uuid, old,
+                        flushed)
+            if self.on_path_failed is not None:
+                self.on_path_failed(self, old, path, flushed)
+        return left
+
     def close(self) -> None:
         """Close the descriptors (no flush; call :meth:`flush` first)."""
         for fd in (self._fd, self._dfd, *self._retired):
@@ -306,7 +410,26 @@ class DataDevice:
 
     # -- worker-thread side -------------------------------------------------
 
+    async def _resumed(self) -> None:
+        """Return once no failback pauses the device (see :meth:`restore_path`).
+
+        Raises :class:`DeviceIOError` (ENODEV) if the device was closed meanwhile
+        (taken out of service: a call waiting here was not in flight).
+        """
+        while self._paused is not None:
+            await self._paused.wait()
+        if self._fd < 0:
+            raise DeviceIOError(self.name, 0, "device closed while switching paths",
+                                errno.ENODEV)
+
+    def _call_ended(self) -> None:
+        self.stats.in_flight -= 1
+        if self._paused is not None and not self.stats.in_flight:
+            self._drained.set()
+
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._paused is not None:
+            await self._resumed()
         self.stats.in_flight += 1
         try:
             while True:
@@ -320,7 +443,7 @@ class DataDevice:
             self.stats.errors += 1
             raise
         finally:
-            self.stats.in_flight -= 1
+            self._call_ended()
 
     async def _failover(self, gen: int, exc: DeviceIOError) -> bool:
         """Switch from the path that failed under *gen* to a working one; False if none.
@@ -337,7 +460,7 @@ class DataDevice:
                 if self.path_state[p] == "failed":
                     continue
                 try:
-                    fds = await trio.to_thread.run_sync(self._open_fds, p)
+                    fds = await trio.to_thread.run_sync(self._open_switch, p)
                 except DeviceIOError as err:
                     log.warning("%s: alternate path %s cannot be opened: %s", self.uuid, p, err)
                     self.path_state[p] = "failed"
@@ -360,11 +483,13 @@ class DataDevice:
         eng = kaio.engine()
         if eng is None:
             return False
+        if self._paused is not None:
+            await self._resumed()
         self.stats.in_flight += 1
         try:
             done = await eng.run(self._dfd, write, bufs, offset, total)
         finally:
-            self.stats.in_flight -= 1
+            self._call_ended()
         if done:
             self.stats.kaio += 1
         return done
@@ -434,6 +559,12 @@ class DataDevice:
         except OSError as exc:
             raise DeviceIOError(self.name, 0, f"flush failed: {exc.strerror}",
                                 exc.errno) from None
+
+
+def _close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _advance(bufs: list[memoryview], n: int) -> list[memoryview]:

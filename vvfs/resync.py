@@ -13,9 +13,21 @@ resync engine) is :mod:`vvfs.mirror`.  This module is what drives it:
     **cleaner** (clears the bits of idle regions every
     :data:`CLEAN_INTERVAL` seconds), the **probe** (every
     ``probe_interval`` seconds a device that failed by *vanishing* -- ENXIO,
-    ENODEV, ENOENT, ENOTCONN ... -- is looked for again and brought back
-    when its label answers; a device that failed with EIO, a sick disk,
-    waits for ``vv device online``) and the **resync jobs**.
+    ENODEV, ENOENT, ENOTCONN ... -- is looked for again at its paths and
+    brought back when its label answers; a device that failed with EIO, a
+    sick disk, waits for ``vv device online``; and a failed *path* of a
+    device in service is used again once it carries the device's label,
+    see :meth:`vvfs.devio.DataDevice.restore_path`) and the **resync jobs**.
+
+A mirror leg not found when the node opens its pool (or applies a new
+configuration) fails at once as vanished (ENOENT): recorded in the stale
+lists of the other logs, committed ``failed``, probed.  It must not be
+opened quietly by a later configuration change: it may have missed writes
+of an earlier session (the bits the other logs keep for it, which nothing
+clears while a copy is missing) and comes back only through a resync, like
+a device that vanished while running.  A device the configuration already
+holds ``failed`` (its failure committed by an earlier node, or ``vv device
+fail``) is not probed: the configuration does not say why it failed.
 
 Bringing a device back (``vv device online``, the probe, ``vv device
 replace``) is driven by the configuration: the management call commits a
@@ -63,6 +75,7 @@ from metadata.errors import VVError
 from metadata.model import DeviceUUID, Pool, PoolUUID, Volume
 
 from .devio import DataDevice, io_limiter
+from .discovery import candidate_paths
 from .mirror import PoolMirror, ResyncJob
 
 if TYPE_CHECKING:
@@ -79,11 +92,19 @@ CLEAN_INTERVAL = 2.5
 RECORD_KIND = "resync"
 SEVERITIES = {"device-failed": "error", "volume-degraded": "warning", "path-failed": "warning",
               "device-returned": "info", "resync-progress": "info", "resync-done": "info",
-              "resync-failed": "error", "config-changed": "info"}
+              "resync-failed": "error", "config-changed": "info", "path-returned": "info"}
 
 
 class ResyncError(VVError):
     """A resync, return or replacement cannot be done as asked."""
+
+
+class MissingError(ResyncError):
+    """A mirror leg was not found when its pool was opened (a vanished device: ENOENT)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOENT
 
 
 def resync_records(pool: Pool) -> list[dict[str, Any]]:
@@ -115,6 +136,8 @@ class Mirrors:
         self._fails_wake = trio.Event()
         self._bringing: set[tuple[str, str]] = set()
         self._probing: set[tuple[str, str]] = set()
+        #: (pool, device, path) of failed paths being tried again
+        self._path_probing: set[tuple[str, str, str]] = set()
 
     # -- running --------------------------------------------------------------
 
@@ -192,6 +215,7 @@ class Mirrors:
         """After the node opened a pool: load logs, start what a crash left to do."""
         pm = self.pools[pio.uuid]
         await pm.attach_devices()
+        _fail_missing(pm)
         regions, stale = pm.dirty_at_start()
         stale_here = {DeviceUUID(u) for u in stale if u in pm.devices}
         if regions or stale_here:
@@ -210,6 +234,7 @@ class Mirrors:
         if pm is None:
             return
         await pm.attach_devices()
+        _fail_missing(pm)
         self._apply_records(pm)
 
     async def pool_dropped(self, pool_uuid: str) -> None:
@@ -319,37 +344,64 @@ class Mirrors:
                     if not fd.vanished or key in self._probing or key in self._bringing:
                         continue
                     self.spawn(self._probe, pm, fd.uuid)
+                for dev in list(pm.devices.values()):
+                    for path, state in list(dev.path_state.items()):
+                        pkey = (pm.pool.uuid, dev.uuid, path)
+                        if state == "failed" and pkey not in self._path_probing:
+                            self.spawn(self._retry_path, pm, dev, path)
 
     async def _probe(self, pm: PoolMirror, device: DeviceUUID) -> None:
         key = (pm.pool.uuid, device)
         self._probing.add(key)
         try:
-            path = self._path_of(pm, device)
-            if path is None:
+            for path in self._paths_of(pm, device):
+                try:
+                    await trio.to_thread.run_sync(_probe_label, path, pm.pool.uuid, device)
+                except VVError:
+                    continue
+                log.info("pool %s: device %s answers again at %s", pm.pool.name,
+                         pm.name_of(device), path)
+                with contextlib.suppress(VVError):
+                    await self.node.call("online_device", {"pool_name": pm.pool.name,
+                                                           "key": device})
                 return
-            try:
-                await trio.to_thread.run_sync(_check_label, path, pm.pool.uuid, device)
-            except VVError:
-                return
-            log.info("pool %s: device %s answers again at %s", pm.pool.name,
-                     pm.name_of(device), path)
-            with contextlib.suppress(VVError):
-                await self.node.call("online_device", {"pool_name": pm.pool.name,
-                                                       "key": device})
         finally:
             self._probing.discard(key)
+
+    async def _retry_path(self, pm: PoolMirror, dev: DataDevice, path: str) -> None:
+        """Use failed *path* of *dev* again if it carries the device's label."""
+        key = (pm.pool.uuid, dev.uuid, path)
+        self._path_probing.add(key)
+        try:
+            try:
+                await trio.to_thread.run_sync(_probe_label, path, pm.pool.uuid, dev.uuid)
+                state = await dev.restore_path(path)
+            except VVError:
+                return
+            if state is None or pm.devices.get(DeviceUUID(dev.uuid)) is not dev:
+                return
+            name = pm.name_of(dev.uuid)
+            pm.emit("path-returned", "info", name,
+                    f"device {name}: path {path} works again; I/O is back on it"
+                    if state == "active" else
+                    f"device {name}: path {path} works again; standby")
+        finally:
+            self._path_probing.discard(key)
 
     # -- bringing devices back --------------------------------------------------
 
     def _path_of(self, pm: PoolMirror, device: str) -> str | None:
+        return next(iter(self._paths_of(pm, device)), None)
+
+    def _paths_of(self, pm: PoolMirror, device: str) -> list[str]:
+        """Where to look for *device*: where this host last found it, then its paths."""
         try:
             paths = self.node.manager.catalog.device_paths(pm.pool.uuid)
         except VVError:
             paths = {}
-        if device in paths:
-            return paths[device]
         dev = next((d for d in pm.pool.devices if d.uuid == device), None)
-        return dev.paths[0] if dev is not None and dev.paths else None
+        found = [paths[device]] if device in paths else []
+        return list(dict.fromkeys(found + (dev.paths if dev is not None else [])))
 
     def _apply_records(self, pm: PoolMirror) -> None:
         for rec in resync_records(pm.pool):
@@ -475,6 +527,21 @@ class Mirrors:
                 "mirror": pm.statistics()}
 
 
+def _fail_missing(pm: PoolMirror) -> None:
+    """Fail, as vanished, every mirror leg that is neither open nor failed.
+
+    A device not found when its pool is opened (its path gone, its file
+    moved) holds no copy the mirror can use, and -- for all the node knows
+    -- misses writes of an earlier session that the other logs name.  Failed
+    with ENOENT it is recorded in the stale lists of the other logs,
+    committed ``failed``, never opened by a later configuration change, and
+    looked for by the probe: it comes back only through a resync.
+    """
+    for uuid in sorted(pm.index.devices()):
+        if uuid not in pm.devices and uuid not in pm.failed:
+            pm.fail(uuid, MissingError("not found when the pool was opened"))
+
+
 async def _logged(fn: Callable[..., Any], *args: Any) -> None:
     try:
         await fn(*args)
@@ -506,6 +573,13 @@ def _check_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
         raise ResyncError(f"{path}: carries device {label.device_uuid} of pool"
                           f" {label.pool_uuid}, not the device expected")
     return label
+
+
+def _probe_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
+    """:func:`_check_label`, for the probe: never a path gone or under a vvfs mount."""
+    if not candidate_paths([path]):
+        raise ResyncError(f"{path}: gone, or under a vvfs mount")
+    return _check_label(path, pool_uuid, device)
 
 
 def _open_checked(path: str, pool_uuid: str, device: str, limiter: trio.CapacityLimiter,
