@@ -23,6 +23,7 @@ from typing import NamedTuple
 from metadata.errors import ConfigError
 from metadata.model import (
     DEVICE_STATES,
+    FAILURES,
     READ_POLICIES,
     Area,
     Device,
@@ -136,13 +137,20 @@ def _device(pool: Pool, key: str) -> Device:
         raise PlacementError(str(exc)) from exc
 
 
-def set_device_state(pool: Pool, key: str, state: str) -> Pool:
-    """Return a new pool where device *key* is in *state* ("ok" or "failed")."""
+def set_device_state(pool: Pool, key: str, state: str, failure: str = "") -> Pool:
+    """Return a new pool where device *key* is in *state* ("ok" or "failed").
+
+    *failure* says why a device fails (one of ``FAILURES``); an ok device
+    has none.
+    """
     if state not in DEVICE_STATES:
         raise PlacementError(f"unknown device state {state!r}: use one of"
                              f" {', '.join(DEVICE_STATES)}")
+    if failure and (state != "failed" or failure not in FAILURES):
+        raise PlacementError(f"a device {state} cannot have failure {failure!r}")
     new = pool.copy()
-    _device(new, key).state = state
+    dev = _device(new, key)
+    dev.state, dev.failure = state, failure if state == "failed" else ""
     new.check()
     return new
 

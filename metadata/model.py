@@ -50,6 +50,10 @@ KNOWN_FEATURES: frozenset[str] = frozenset({"block-checksums", "dirty-log"})
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 DEVICE_STATES = ("ok", "failed")
+#: Why a device is ``failed`` (``Device.failure``): it went away (a node looks
+#: for it and brings it back by itself), it gave I/O errors, or an
+#: administrator took it out (both wait for ``vv device online``).
+FAILURES = ("vanished", "error", "admin")
 READ_POLICIES = ("balanced", "primary", "first")
 
 
@@ -125,6 +129,8 @@ class Device:
     #: dirty log, and bytes of data per log bit (metadata/dirtylog.py); 0 = none
     log_extents: int = 0
     log_region: int = 0
+    #: why a failed device failed (one of FAILURES); "" when ok or not recorded
+    failure: str = ""
 
 
 @dataclass

@@ -472,6 +472,52 @@ def test_a_device_missing_at_start_comes_back_by_itself(tmp_path: Path) -> None:
     assert_legs_identical(pool, tmp_path)
 
 
+def _failure(pool: TestPool, device: str) -> tuple[str, str]:
+    """(state, failure) of *device* in the committed configuration (through the node, if any)."""
+    from vvfs.client import open_manager
+
+    with open_manager(pool.state) as mgr:
+        d = mgr.show_pool(pool.name).pool.device(device)
+    return d.state, d.failure
+
+
+def test_a_vanished_device_is_looked_for_across_restarts(tmp_path: Path) -> None:
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", 64 * MiB, mirrors=2)
+    dev1 = tmp_path / "dev1.img"
+    data = os.urandom(4 * MiB)
+    with moved_away(dev1) as away:
+        with mounted(pool, *PROBING) as node:
+            wait_until(lambda: _failure(pool, "d1") == ("failed", "vanished"), 20,
+                       "d1's failure committed as vanished")
+            _write(pool.volume_path("m"), 8 * MiB, data)
+            node.umount()
+        with mounted(pool, *PROBING) as node:  # d1 failed in the configuration already
+            assert _failure(pool, "d1") == ("failed", "vanished")
+            away.rename(dev1)
+            wait_until(lambda: _failure(pool, "d1") == ("ok", ""), 60, "d1 back by itself")
+            assert _job(pool, "returning")["state"] == "done"
+            assert read_dev(pool.volume_path("m"), 8 * MiB, len(data)) == data
+            node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+def test_a_device_failed_by_hand_waits_for_online_across_restarts(tmp_path: Path) -> None:
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", 16 * MiB, mirrors=2)
+    with mounted(pool, *PROBING) as node:
+        pool.vv("device", "fail", "tank", "d1")
+        assert _failure(pool, "d1") == ("failed", "admin")
+        node.umount()
+    with mounted(pool, *PROBING) as node:
+        time.sleep(2.5)  # five probe intervals: the probe must leave it alone
+        assert _failure(pool, "d1") == ("failed", "admin")
+        assert not [k for k, obj in _kinds(pool) if k == "device-returned" and obj == "d1"]
+        pool.vv("device", "online", "tank", "d1", "--wait")
+        assert _failure(pool, "d1") == ("ok", "")
+        node.umount()
+
+
 # ---------------------------------------------------------------------------
 # a failed path that works again
 

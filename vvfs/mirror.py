@@ -703,11 +703,14 @@ class PoolMirror:
             self.spawn(self.record_failure, DeviceUUID(uuid))
         return fd
 
-    def note_failed(self, uuid: str, why: str) -> None:
-        """A device the configuration already says failed: out of service, quietly."""
+    def note_failed(self, uuid: str, why: str, err: int | None = None) -> None:
+        """A device the configuration already says failed: out of service, quietly.
+
+        *err* is the errno it failed with, if known (a vanished one is probed).
+        """
         if uuid in self.failed or uuid in self.devices:
             return
-        fd = FailedDevice(DeviceUUID(uuid), self.name_of(uuid), why, None, time.time())
+        fd = FailedDevice(DeviceUUID(uuid), self.name_of(uuid), why, err, time.time())
         self.failed[DeviceUUID(uuid)] = fd
         if self.spawn is not None:
             self.spawn(self.record_failure, DeviceUUID(uuid))

@@ -25,9 +25,10 @@ lists of the other logs, committed ``failed``, probed.  It must not be
 opened quietly by a later configuration change: it may have missed writes
 of an earlier session (the bits the other logs keep for it, which nothing
 clears while a copy is missing) and comes back only through a resync, like
-a device that vanished while running.  A device the configuration already
-holds ``failed`` (its failure committed by an earlier node, or ``vv device
-fail``) is not probed: the configuration does not say why it failed.
+a device that vanished while running.  The configuration records why a
+device failed (``Device.failure``): a device it holds ``failed`` because
+it vanished is probed by the next node too; one that failed with I/O
+errors or by ``vv device fail`` waits for ``vv device online``.
 
 Bringing a device back (``vv device online``, the probe, ``vv device
 replace``) is driven by the configuration: the management call commits a
@@ -205,7 +206,10 @@ class Mirrors:
             vio.mirror = pm
         for d in pio.pool.devices:  # failed in the configuration: out of service, quietly
             if d.state == "failed" and d.uuid not in pio.devices:
-                pm.note_failed(d.uuid, "failed in the configuration")
+                # one that went away is looked for by the probe, as if it had just vanished
+                pm.note_failed(d.uuid, "failed in the configuration"
+                               + (" (it had vanished)" if d.failure == "vanished" else ""),
+                               errno.ENOENT if d.failure == "vanished" else None)
         for d in pio.pool.devices:
             dev = pio.devices.get(d.uuid)
             if dev is not None and d.paths:
@@ -246,6 +250,12 @@ class Mirrors:
     def is_failed(self, pool_uuid: str, device: str) -> bool:
         pm = self.pools.get(PoolUUID(pool_uuid))
         return pm is not None and device in pm.failed
+
+    def failure_of(self, pool_uuid: str, device: str) -> str:
+        """Why *device* failed in the data path: "vanished" or "error" (Device.failure)."""
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        fd = pm.failed.get(DeviceUUID(device)) if pm is not None else None
+        return "vanished" if fd is not None and fd.vanished else "error"
 
     def is_busy(self, pool_uuid: str, device: str) -> bool:
         """Is *device* resyncing or about to be brought back?"""
@@ -727,17 +737,22 @@ def fail_device(mgr: Manager, pool_name: str, key: str, reason: str, only_if_fai
     svc = _service(mgr)
     with mgr._changing(pool_name, allow_missing=True) as op:
         dev = op.pool.device(key)
+        # only_if_failed: the node's own report of a failure it saw; else an administrator's
+        failure = "admin"
         if svc is not None:
             failed = svc.from_thread(svc.fail_now, op.pool.uuid, dev.uuid, reason) \
                 if not only_if_failed or svc.is_failed(op.pool.uuid, dev.uuid) else False
             if not failed and only_if_failed:
                 return {"device": dev.name, "state": dev.state}
+            if only_if_failed:
+                failure = svc.failure_of(op.pool.uuid, dev.uuid)
         else:
             _mark_stale_offline(op, dev.uuid)
-        if dev.state != "failed":
-            new = mgr._commit(op, mmirrors.set_device_state(op.pool, dev.uuid, "failed"))
+        if dev.state != "failed" or (dev.failure != failure and not only_if_failed):
+            new = mgr._commit(op, mmirrors.set_device_state(op.pool, dev.uuid, "failed",
+                                                            failure))
             dev = new.device(dev.uuid)
-        return {"device": dev.name, "state": dev.state}
+        return {"device": dev.name, "state": dev.state, "failure": dev.failure}
 
 
 def _mark_stale_offline(op: Any, device: str) -> None:
@@ -830,6 +845,7 @@ def finish_resync(mgr: Manager, pool_name: str, key: str) -> dict[str, Any]:
                           if not (isinstance(o, dict) and o.get("kind") == RECORD_KIND
                                   and o.get("device") == dev.uuid)]
         new.device(dev.uuid).state = "ok"
+        new.device(dev.uuid).failure = ""
         if new.to_dict() != op.pool.to_dict():
             mgr._commit(op, new)
         return {"device": dev.name, "state": "ok"}
