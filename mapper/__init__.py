@@ -8,7 +8,15 @@ each returning a new pool).  It imports only ``metadata`` and never opens a
 file.
 """
 
-from .alloc import ClassUsage, DeviceUsage, class_usage, free_runs, usage, used_by
+from .alloc import (
+    ClassUsage,
+    DeviceUsage,
+    class_usage,
+    free_runs,
+    fresh_mirror_runs,
+    usage,
+    used_by,
+)
 from .layout import Loc, Piece, ResolveError, VolumeMap
 from .placement import (
     FITS,
@@ -40,6 +48,7 @@ __all__ = [
     "create_volume",
     "create_volumes",
     "free_runs",
+    "fresh_mirror_runs",
     "human_size",
     "parse_size",
     "remove_device",

@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from metadata.model import DeviceUUID, Pool, reserved_runs
 
-__all__ = ["ClassUsage", "DeviceUsage", "class_usage", "free_runs", "usage", "used_by"]
+__all__ = ["ClassUsage", "DeviceUsage", "class_usage", "free_runs", "fresh_mirror_runs",
+           "usage", "used_by"]
 
 Run = tuple[int, int]  # (first physical extent, count)
 
@@ -76,6 +77,55 @@ def _merge(runs: list[Run], limit: int) -> list[Run]:
         else:
             merged.append([start, end])
     return [(s, e - s) for s, e in merged]
+
+
+def _subtract(runs: list[Run], minus: list[Run]) -> list[Run]:
+    """*runs* less *minus* (both sorted and disjoint), as sorted disjoint runs."""
+    out: list[Run] = []
+    i = 0
+    for start, count in runs:
+        pos, end = start, start + count
+        while i < len(minus) and minus[i][0] + minus[i][1] <= pos:
+            i += 1
+        j = i
+        while pos < end and j < len(minus) and minus[j][0] < end:
+            cut, cut_end = minus[j]
+            cut_end += cut
+            if cut > pos:
+                out.append((pos, cut - pos))
+            pos = max(pos, cut_end)
+            j += 1
+        if pos < end:
+            out.append((pos, end - pos))
+    return out
+
+
+def fresh_mirror_runs(old: Pool, new: Pool) -> dict[DeviceUUID, list[Run]]:
+    """Extents that mirrored segments of *new* use and that nothing of *old* used.
+
+    Per device, sorted disjoint ``(first extent, count)`` runs: the areas of
+    every segment of *new* with two legs or more, less every area and
+    reserved run of *old*.  These extents hold whatever the device held
+    before, different on each leg, so they are zeroed before *new* is
+    committed.  A move's destination (reserved in *old*, filled by the move's
+    copy) is never fresh.  Devices without fresh extents are left out.
+    """
+    limits = {d.uuid: d.extent_count for d in new.devices}
+    raw: dict[DeviceUUID, list[Run]] = {}
+    for v in new.volumes:
+        for s in v.segments:
+            if len(s.areas) < 2:
+                continue
+            for leg in s.areas:
+                for a in leg:
+                    raw.setdefault(a.device, []).append((a.start, s.area_length))
+    before = used_runs(old)
+    out: dict[DeviceUUID, list[Run]] = {}
+    for dev, runs in raw.items():
+        fresh = _subtract(_merge(runs, limits.get(dev, 0)), before.get(dev, []))
+        if fresh:
+            out[dev] = fresh
+    return out
 
 
 def free_runs(pool: Pool) -> dict[DeviceUUID, list[Run]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from mapper import (
     class_usage,
     create_volume,
     free_runs,
+    fresh_mirror_runs,
     remove_volume,
     resize_volume,
     usage,
@@ -261,3 +263,81 @@ def test_free_runs_scale_to_ten_thousand_volumes() -> None:
     runs = free_runs(pool)
     assert time.perf_counter() - began < 2.0
     assert sum(n for r in runs.values() for _, n in r) == 16 * 1_000_000 - 10_000 * 2 * 3
+
+
+# -- fresh extents of mirrored volumes (zeroed before a commit) ----------------------
+
+
+def mirrored_extents(pool: Pool) -> dict[str, set[int]]:
+    """Every physical extent of a segment with two legs or more, per device (brute force)."""
+    out: dict[str, set[int]] = {}
+    for v in pool.volumes:
+        for s in v.segments:
+            if len(s.areas) >= 2:
+                for leg in s.areas:
+                    for a in leg:
+                        out.setdefault(a.device, set()).update(
+                            range(a.start, a.start + s.area_length))
+    return out
+
+
+def expand(runs: dict[DeviceUUID, list[tuple[int, int]]]) -> dict[str, set[int]]:
+    return {dev: {x for start, n in rs for x in range(start, start + n)}
+            for dev, rs in runs.items()}
+
+
+@SETTINGS
+@given(pools(), ops)
+def test_fresh_mirror_runs_are_the_new_mirrored_extents_nothing_used_before(
+        pool: Pool, more: list[tuple[Any, ...]]) -> None:
+    new = pool
+    for i, op in enumerate(more, start=100):
+        try:
+            new = apply(new, i, op)
+        except PlacementError:
+            pass
+    before = {dev: set(x) for dev, x in used_extents(pool).items()}
+    want = {dev: xs - before.get(dev, set()) for dev, xs in mirrored_extents(new).items()}
+    want = {dev: xs for dev, xs in want.items() if xs}
+    fresh = fresh_mirror_runs(pool, new)
+    assert expand(fresh) == want
+    for runs in fresh.values():
+        assert runs == sorted(runs) and all(n > 0 for _s, n in runs)
+        assert all(a + n < b for (a, n), (b, _m) in itertools.pairwise(runs))  # merged
+
+
+def test_a_new_mirrored_volume_is_fresh_on_every_leg() -> None:
+    pool = make_pool(make_device(0, 10), make_device(1, 10))
+    new = create_volume(pool, VolumeSpec(name="m", size=3 * E, mirrors=2))
+    assert fresh_mirror_runs(pool, new) == {DeviceUUID("dev-0"): [(0, 3)],
+                                            DeviceUUID("dev-1"): [(0, 3)]}
+
+
+def test_a_linear_volume_is_never_fresh() -> None:
+    pool = make_pool(make_device(0, 10), make_device(1, 10))
+    assert fresh_mirror_runs(pool, create_volume(pool, VolumeSpec(name="l", size=3 * E))) == {}
+
+
+def test_growing_a_mirror_makes_only_the_new_extents_fresh() -> None:
+    pool = make_pool(make_device(0, 10), make_device(1, 10))
+    pool = create_volume(pool, VolumeSpec(name="m", size=2 * E, mirrors=2))
+    grown = resize_volume(pool, "m", 5 * E)
+    fresh = expand(fresh_mirror_runs(pool, grown))
+    assert fresh == {"dev-0": {2, 3, 4}, "dev-1": {2, 3, 4}}
+
+
+def test_a_move_destination_is_not_fresh() -> None:
+    """A move's switch maps the extents its record reserved: in use already, not fresh."""
+    def mirror(at0: int) -> Volume:
+        legs = [[Area(DeviceUUID("dev-0"), at0)], [Area(DeviceUUID("dev-1"), 0)]]
+        return Volume(uuid=VolumeUUID("vol-m"), name="m", size=2 * E, mirrors=2,
+                      segments=[Segment(0, 2, 1, 65536, legs)])
+
+    before = make_pool(make_device(0, 10), make_device(1, 10))
+    before.volumes.append(mirror(4))
+    before.operations.append({"kind": "move", "id": "x", "reserved": [["dev-0", 0, 2]]})
+    after = make_pool(make_device(0, 10), make_device(1, 10))
+    after.volumes.append(mirror(0))
+    assert fresh_mirror_runs(before, after) == {}
+    before.operations = []
+    assert fresh_mirror_runs(before, after) == {DeviceUUID("dev-0"): [(0, 2)]}

@@ -29,7 +29,7 @@ from metadata.catalog import Catalog
 from metadata.errors import NoValidGenerationError, UnsupportedFeatureError, VVError
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID, Volume, check_name, new_uuid
 
-from . import checksums, probe
+from . import checksums, probe, zeroing
 from . import move as move_jobs
 from . import resync as mirror_ops
 from . import scrub as scrub_jobs
@@ -255,6 +255,16 @@ class Manager:
         mirror_ops.record_commit(self, old, new)
         self._changed(new.uuid, new)
         return new
+
+    def _commit_zeroed(self, op: OpenPool, new: Pool) -> Pool:
+        """Commit *new* after zeroing the extents it gives mirrored volumes afresh.
+
+        So the legs of a new mirror (or of a mirror's new part) agree from
+        the start; see :mod:`vvfs.zeroing`.  For placements, not for moves or
+        replacements, whose new extents are filled by a copy.
+        """
+        zeroing.zero_fresh_legs(self, op, new)
+        return self._commit(op, new)
 
     # ------------------------------------------------------------------
     # claiming devices
@@ -581,13 +591,13 @@ class Manager:
     def create_volume(self, path: str, spec: mapper.VolumeSpec) -> Volume:
         pool_name, spec.name = self._split(path)
         with self._changing(pool_name) as op:
-            new = self._commit(op, mapper.create_volume(op.pool, spec))
+            new = self._commit_zeroed(op, mapper.create_volume(op.pool, spec))
             return new.volume(spec.name)
 
     def create_volumes(self, pool_name: str, specs: list[mapper.VolumeSpec]) -> list[Volume]:
         """Create several volumes of one pool in a single commit (all or nothing)."""
         with self._changing(pool_name) as op:
-            new = self._commit(op, mapper.create_volumes(op.pool, specs))
+            new = self._commit_zeroed(op, mapper.create_volumes(op.pool, specs))
             names = {s.name for s in specs}
             return [v for v in new.volumes if v.name in names]
 
@@ -612,7 +622,8 @@ class Manager:
         with self._changing(pool_name) as op:
             if size < op.pool.volume(name).size:
                 self._refuse_if_open(op.pool, name, "shrunk")
-            new = self._commit(op, mapper.resize_volume(op.pool, name, size, allow_shrink))
+            new = self._commit_zeroed(op, mapper.resize_volume(op.pool, name, size,
+                                                               allow_shrink))
             return new.volume(name)
 
     def rename_volume(self, path: str, new_name: str) -> Volume:

@@ -29,6 +29,10 @@ only when both are on every leg -- so a flush covers the checksums too.
 The trailing part of a volume whose size is not a multiple of 4 KiB has no
 checksum; linear and striped volumes have none (there is no second copy to
 repair from, and no cost to pay).
+Extents newly given to a mirrored volume (created or grown) are zeroed on
+every leg and their entries set to :data:`ZERO_CRC` before the
+configuration is committed (:mod:`vvfs.zeroing`), through the store when a
+node serves the pool (:meth:`ChecksumStore.fill`).
 
 Across a crash
 --------------
@@ -110,6 +114,8 @@ BLOCKS_PER_PAGE = PAGE // ENTRY
 MIN_EXTENTS = 8
 #: Pages kept in memory per pool (16 MiB, the checksums of 16 GiB of data).
 CACHE_PAGES = 4096
+#: Pages pinned at a time by :meth:`ChecksumStore.fill` (the entries of 256 MiB).
+FILL_PAGES = 64
 FEATURE = "block-checksums"
 
 
@@ -121,6 +127,11 @@ def crc(block: bytes | bytearray | memoryview) -> int:
 def block_crcs(view: memoryview) -> list[int]:
     """crc32c of each 4 KiB block of *view* (whose length is a multiple of 4 KiB)."""
     return [_crc32c.crc32c(view[i:i + BLOCK]) for i in range(0, len(view), BLOCK)]
+
+
+#: The entry of a block of zeros: what the blocks of extents newly given to a
+#: mirrored volume get (vvfs/zeroing.py says why not 0).
+ZERO_CRC = _crc32c.crc32c(bytes(BLOCK))
 
 
 def pack(values: list[int]) -> bytes:
@@ -356,6 +367,22 @@ class ChecksumStore:
         finally:
             for _device, page, _vals in pinned:
                 page.users -= 1
+
+    async def fill(self, device: DeviceUUID, data_offset: int, blocks: int, value: int) -> bool:
+        """Set the entries of *blocks* blocks from *data_offset* to *value*, on the device.
+
+        Goes through the cache like :meth:`update`, :data:`FILL_PAGES` pages
+        at a time, so that no cached page later writes an older entry back
+        over them.  Returns False, doing nothing, for a device the store does
+        not cover.  Cancellation: like :meth:`update`, per group of pages.
+        """
+        if not self.covers(device):
+            return False
+        step = FILL_PAGES * BLOCKS_PER_PAGE
+        for first in range(0, blocks, step):
+            n = min(step, blocks - first)
+            await self.update([(device, data_offset + first * BLOCK, pack([value] * n))])
+        return True
 
     async def read_media(self, device: DeviceUUID, data_offset: int, blocks: int) -> list[int] | None:
         """The entries of *blocks* blocks from *data_offset*, as on the device (None: no region).
