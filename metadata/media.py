@@ -263,6 +263,38 @@ class Choice:
     scans: list[DeviceScan]
 
 
+def diverged(scan: DeviceScan, choice: Choice) -> str | None:
+    """Did *scan*'s device commit configurations that the chosen lineage does not have?
+
+    Says how it shows (a phrase), or None.  Either sign is a split brain --
+    the pool was used in two parts, each without the other, and what
+    *scan*'s part wrote since is not in the chosen configuration's data:
+
+    * the chosen configuration has the device failed since generation F
+      (``Device.failed_at``; commits never reach a failed device) and the
+      device holds a commit record of generation F or later;
+    * it holds a commit record of a generation that a device holding the
+      chosen generation committed with other contents (generation numbers
+      are never reused), as long as both rings still hold that generation.
+    """
+    entry = next((d for d in choice.pool.devices if d.uuid == scan.device_uuid), None)
+    newest = scan.newest_committed()
+    if entry is not None and entry.state == "failed" and entry.failed_at and newest is not None \
+            and newest >= entry.failed_at:
+        return (f"it committed generation {newest}, while the pool has had it failed since"
+                f" generation {entry.failed_at}")
+    lineage = [s for s in choice.scans if s is not scan
+               and (rec := s.commits.get(choice.generation)) is not None
+               and rec.digest == choice.digest]
+    for gen in sorted(scan.commits, reverse=True):
+        mine = scan.commits[gen].digest
+        for s in lineage:
+            other = s.commits.get(gen)
+            if other is not None and other.digest != mine:
+                return f"its generation {gen} is not the generation {gen} on {s.name}"
+    return None
+
+
 def choose_generation(scans: list[DeviceScan]) -> Choice:
     """Pick the generation the pool opens at (see module docstring).
 

@@ -131,6 +131,9 @@ class Device:
     log_region: int = 0
     #: why a failed device failed (one of FAILURES); "" when ok or not recorded
     failure: str = ""
+    #: the generation that first had it failed (0: ok, or not recorded); a
+    #: device holding a commit of this generation or later was used apart
+    failed_at: int = 0
 
 
 @dataclass

@@ -10,6 +10,7 @@ up (lazy unmount, terminate, kill).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -20,12 +21,25 @@ from typing import Any, NamedTuple
 
 import pytest
 
+import mapper
 from mapper.layout import VolumeMap
 from metadata import dirtylog
+from vvfs import fsck
 from vvfs.mirror import MARK_AHEAD
 
 from .faultfs import FaultFS, faultfs_mounted
-from .mountutil import GiB, MiB, TestPool, fio, mounted, read_dev, require, wait_until
+from .mountutil import (
+    BIN,
+    GiB,
+    MiB,
+    TestPool,
+    fio,
+    mounted,
+    read_dev,
+    require,
+    run,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +49,7 @@ FIO_SIZE = 32 * MiB
 NODE_OPTIONS = ("probe_interval=0", "resync_rate=0")
 #: bits a sequential stream sets ahead of itself (vvfs.mirror.MARK_AHEAD regions of 1 MiB)
 AHEAD = MARK_AHEAD * MiB
+VVFSCK = str(BIN / "vvfsck")
 
 
 def _sparse(path: Path, size: int = GiB) -> str:
@@ -516,6 +531,74 @@ def test_a_device_failed_by_hand_waits_for_online_across_restarts(tmp_path: Path
         pool.vv("device", "online", "tank", "d1", "--wait")
         assert _failure(pool, "d1") == ("ok", "")
         node.umount()
+
+
+def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -> None:
+    """A split brain: each device used alone, then both again."""
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", 16 * MiB, mirrors=2)
+    written = {"d0": os.urandom(MiB), "d1": os.urandom(MiB)}
+    # this host goes on with d0 alone; another host imports d1 alone and does the same
+    elsewhere = copy.copy(pool)
+    elsewhere.state, elsewhere.mnt = str(tmp_path / "state2"), tmp_path / "mnt2"
+    elsewhere.mnt.mkdir()
+    for host, alone, gone in ((pool, "d0", "d1"), (elsewhere, "d1", "d0")):
+        with moved_away(tmp_path / f"dev{gone[1]}.img"):
+            if host is elsewhere:
+                host.vv("pool", "import", "tank", "--search", str(tmp_path), "--force")
+            with mounted(host, *PROBING) as node:
+                wait_until(lambda: _failure(host, gone) == ("failed", "vanished"), 20,
+                           f"{gone} failed while {alone} is used alone")
+                _write(host.volume_path("m"), 0, written[alone])
+                node.umount()
+    check = run(VVFSCK, "--state-dir", pool.state, "--pool", "tank", check=False)
+    assert check.returncode == fsck.EXIT_LEFT, check.stdout + check.stderr
+    assert "was written apart from the pool" in check.stdout, check.stdout
+    with mounted(pool, *PROBING) as node:
+        states = {d: _failure(pool, d) for d in ("d0", "d1")}
+        [kept] = [d for d, s in states.items() if s == ("ok", "")]
+        [apart] = [d for d, s in states.items() if s[0] == "failed"]
+        wait_until(lambda: ("device-diverged", apart) in _kinds(pool), 20,
+                   f"a device-diverged event for {apart}")
+        time.sleep(1.5)  # three more probe intervals: it stays out
+        assert _failure(pool, apart)[0] == "failed"
+        assert read_dev(pool.volume_path("m"), 0, MiB) == written[kept]
+        refused = pool.vv("device", "online", "tank", apart, check=False)
+        assert refused.returncode == 1, refused
+        assert "was written apart from the pool" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        pool.vv("device", "online", "tank", apart, "--discard-divergent", "--wait",
+                timeout=120)
+        assert _failure(pool, apart) == ("ok", "")
+        assert read_dev(pool.volume_path("m"), 0, MiB) == written[kept]
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+def test_a_split_brain_is_seen_after_the_rings_wrapped(tmp_path: Path) -> None:
+    """Offline, each device alone on its own host; then many commits on one side."""
+    from vvfs.api import Manager
+
+    pool = TestPool(tmp_path, devices=2)
+    pool.create_volume("m", 16 * MiB, mirrors=2)
+    with moved_away(tmp_path / "dev1.img"):
+        with pool.manager() as mgr:
+            mgr.fail_device("tank", "d1", reason="test", only_if_failed=False)
+            for i in range(12):  # more commits than a ring holds
+                mgr.create_volume(f"tank/v{i}", mapper.VolumeSpec(name="", size=4 * MiB))
+            failed_at = mgr.show_pool("tank").pool.device("d1").failed_at
+    assert failed_at > 0
+    with moved_away(tmp_path / "dev0.img"):
+        other = Manager(str(tmp_path / "state2"))
+        with other:
+            other.import_pool("tank", search=[str(tmp_path)], force=True)
+            other.fail_device("tank", "d0", reason="test", only_if_failed=False)
+    check = run(VVFSCK, "--state-dir", pool.state, "--pool", "tank", check=False)
+    assert check.returncode == fsck.EXIT_LEFT, check.stdout + check.stderr
+    assert (f"while the pool has had it failed since generation {failed_at}"
+            in check.stdout), check.stdout
+    refused = pool.vv("device", "online", "tank", "d1", check=False)
+    assert refused.returncode == 1 and "was written apart" in refused.stderr, refused
 
 
 # ---------------------------------------------------------------------------

@@ -135,18 +135,24 @@ def _report(job: dict[str, Any], what: str) -> None:
 @click.option("--rate", type=SIZE, default=None,
               help="Copy at most this many bytes per second (default: the node's resync_rate).")
 @click.option("--wait", is_flag=True, help="Follow the resync to its end, with progress.")
+@click.option("--discard-divergent", is_flag=True,
+              help="DEV was written apart from the pool (split brain): rebuild it whole"
+                   " from the other legs, losing what was written to it then.")
 @json_option
 @pass_manager
 def device_online(mgr: Any, pool_name: str, key: str, rate: int | None, wait: bool,
-                  as_json: bool) -> None:
+                  discard_divergent: bool, as_json: bool) -> None:
     """Bring failed device DEV back: resync only the ranges written without it.
 
     The device must answer again at one of its paths.  Until its resync is
-    done it is written but not read; then it is marked ok.
+    done it is written but not read; then it is marked ok.  A device that
+    was used apart from the pool (it committed configurations the pool does
+    not have) is refused unless --discard-divergent.
     """
     since = time.time()
     with _offline_bar(mgr, f"resync {key}", wait):
-        out = mgr.online_device(pool_name, key, rate=rate)
+        out = mgr.online_device(pool_name, key, rate=rate,
+                                discard_divergent=discard_divergent)
     _finish(mgr, pool_name, out, since, wait, as_json)
 
 

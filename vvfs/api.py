@@ -235,6 +235,12 @@ class Manager:
     def _commit(self, op: OpenPool, new: Pool, extra: Sequence[media.Target] = ()) -> Pool:
         """Commit *new* to every present, working device of it (plus *extra*)."""
         new.generation = op.choice.max_seen + 1
+        was = {d.uuid: d.state for d in op.pool.devices}
+        for d in new.devices:  # commits never reach a failed device: say since when
+            if d.state != "failed":
+                d.failed_at = 0
+            elif was.get(d.uuid) != "failed" or not d.failed_at:
+                d.failed_at = new.generation
         checksums.enable(new)
         dirtylog.enable(new)
         new.check()
@@ -703,13 +709,16 @@ class Manager:
         """
         return mirror_ops.fail_device(self, pool_name, key, reason, only_if_failed)
 
-    def online_device(self, pool_name: str, key: str, *, rate: int | None = None) -> dict:
+    def online_device(self, pool_name: str, key: str, *, rate: int | None = None,
+                      discard_divergent: bool = False) -> dict:
         """Bring a failed device back: resync the ranges written without it, then mark it ok.
 
         With a node, returns at once (state ``queued``; see ``resync_status``);
-        offline, returns once the resync is done.  *rate* limits bytes/s.
+        offline, returns once the resync is done.  *rate* limits bytes/s.  A
+        device written apart from the pool (a split brain) is refused unless
+        *discard_divergent*: then it is rebuilt whole from the other legs.
         """
-        return mirror_ops.online_device(self, pool_name, key, rate)
+        return mirror_ops.online_device(self, pool_name, key, rate, discard_divergent)
 
     def resync_pool(self, pool_name: str, key: str | None = None, *,
                     rate: int | None = None) -> dict:

@@ -747,6 +747,26 @@ def check_stale_devices(ctx: Ctx) -> None:
         ctx.report(f)
 
 
+def check_split_brain(ctx: Ctx) -> None:
+    """A device that committed a generation the pool's lineage has with other contents."""
+    if ctx.choice is None:
+        return
+    c = ctx.choice
+    for s in c.scans:
+        found = media.diverged(s, c)
+        if found is None:
+            continue
+        entry = ctx.entry(s.device_uuid) if s.device_uuid else None
+        name = entry.name if entry is not None else s.name
+        ctx.report(Finding(
+            "split-brain", s.name, None,
+            f"device {name} was written apart from the pool: {found} (the pool was used in"
+            f" two parts, each without the other); the pool opens at generation"
+            f" {c.generation}, without what {name} holds since",
+            advice=f"copy out what only {name} holds (open it alone), then: vv device online"
+                   f" {ctx.name} {name} --discard-divergent", stage=STAGE_CONFIG))
+
+
 def check_metadata_copies(ctx: Ctx) -> None:
     """Every up-to-date device holds the chosen generation: 2 slot copies, 2 commit records."""
     if ctx.choice is None:
@@ -1322,6 +1342,7 @@ CHECKS: tuple[Callable[[Ctx], None], ...] = (
     check_interrupted_generations,
     check_missing_devices,
     check_stale_devices,
+    check_split_brain,
     check_metadata_copies,
     check_damaged_metadata,
     check_orphan_devices,

@@ -43,6 +43,17 @@ removed from the stale lists of the other logs.  vvfsck reports a
 record as a pending resync and keeps it; one dropped (a stale record, or
 by hand) only leaves the device ``failed``: nothing is lost.
 
+Split brain: a failed device that committed configurations the pool does
+not have (:func:`metadata.media.diverged`: one generation number, two
+contents -- the pool was used in two parts, each without the other) is
+never brought back as it is: what it holds since is not what the pool
+holds, and its own dirty bits name regions of the other part's history.
+``vv device online`` refuses it (:class:`DivergedError`), the probe records
+a ``device-diverged`` event and stops looking, and only ``vv device online
+--discard-divergent`` brings it back -- rebuilt whole from the other legs,
+with a fresh dirty log, like a replacement -- once the administrator has
+copied out what it alone holds.
+
 At start, bits found set in the logs (a crash) start a resync of those
 regions from the first healthy leg (reads use that leg meanwhile), and a
 device named stale by another device's log is resynced before it is read.
@@ -93,7 +104,8 @@ CLEAN_INTERVAL = 2.5
 RECORD_KIND = "resync"
 SEVERITIES = {"device-failed": "error", "volume-degraded": "warning", "path-failed": "warning",
               "device-returned": "info", "resync-progress": "info", "resync-done": "info",
-              "resync-failed": "error", "config-changed": "info", "path-returned": "info"}
+              "resync-failed": "error", "config-changed": "info", "path-returned": "info",
+              "device-diverged": "error"}
 
 
 class ResyncError(VVError):
@@ -137,6 +149,8 @@ class Mirrors:
         self._fails_wake = trio.Event()
         self._bringing: set[tuple[str, str]] = set()
         self._probing: set[tuple[str, str]] = set()
+        #: (pool, device) of returning devices written apart from the pool: not probed
+        self._diverged: set[tuple[str, str]] = set()
         #: (pool, device, path) of failed paths being tried again
         self._path_probing: set[tuple[str, str, str]] = set()
 
@@ -351,7 +365,8 @@ class Mirrors:
             for pm in list(self.pools.values()):
                 for fd in list(pm.failed.values()):
                     key = (pm.pool.uuid, fd.uuid)
-                    if not fd.vanished or key in self._probing or key in self._bringing:
+                    if not fd.vanished or key in self._probing or key in self._bringing \
+                            or key in self._diverged:
                         continue
                     self.spawn(self._probe, pm, fd.uuid)
                 for dev in list(pm.devices.values()):
@@ -371,9 +386,16 @@ class Mirrors:
                     continue
                 log.info("pool %s: device %s answers again at %s", pm.pool.name,
                          pm.name_of(device), path)
-                with contextlib.suppress(VVError):
+                try:
                     await self.node.call("online_device", {"pool_name": pm.pool.name,
                                                            "key": device})
+                except DivergedError as exc:
+                    # never brought back by itself: an administrator chooses what is lost
+                    self._diverged.add(key)
+                    pm.emit("device-diverged", "error", pm.name_of(device), str(exc))
+                except VVError as exc:
+                    log.warning("pool %s: device %s not brought back: %s", pm.pool.name,
+                                pm.name_of(device), exc)
                 return
         finally:
             self._probing.discard(key)
@@ -422,6 +444,7 @@ class Mirrors:
             if not any(d.uuid == device for d in pm.pool.devices):
                 continue
             self._bringing.add(key)
+            self._diverged.discard(key)
             rate = rec.get("rate")
             self.spawn(self._bring_back, pm, device, int(rate) if rate else self.rate,
                        str(rec.get("reason", "returning")))
@@ -770,12 +793,18 @@ def _mark_stale_offline(op: Any, device: str) -> None:
         dirtylog.write_log(s.dev, image, op.pool.uuid, d.uuid)
 
 
-def online_device(mgr: Manager, pool_name: str, key: str, rate: int | None) -> dict[str, Any]:
+def online_device(mgr: Manager, pool_name: str, key: str, rate: int | None,
+                  discard_divergent: bool = False) -> dict[str, Any]:
     with _held(mgr):
-        return _online(mgr, pool_name, key, rate)
+        return _online(mgr, pool_name, key, rate, discard_divergent)
 
 
-def _online(mgr: Manager, pool_name: str, key: str, rate: int | None) -> dict[str, Any]:
+class DivergedError(ResyncError):
+    """A failed device was written apart from the pool (a split brain): not brought back as is."""
+
+
+def _online(mgr: Manager, pool_name: str, key: str, rate: int | None,
+            discard_divergent: bool = False) -> dict[str, Any]:
     svc = _service(mgr)
     with mgr._changing(pool_name, allow_missing=True) as op:
         dev = op.pool.device(key)
@@ -788,11 +817,14 @@ def _online(mgr: Manager, pool_name: str, key: str, rate: int | None) -> dict[st
 
             raise RefusedError(f"device {dev.name} has not failed; 'vv device resync"
                                f" {pool_name}' resyncs dirty ranges")
-        if _locate(mgr, op, dev) is None:
+        path = _locate(mgr, op, dev)
+        if path is None:
             from .api import RefusedError
 
             raise RefusedError(f"device {dev.name} cannot be found: no readable label on its"
                                f" paths ({', '.join(dev.paths) or 'none'}) or the search paths")
+        if not recorded and _check_diverged(mgr, op, dev, path, discard_divergent):
+            _rebuild_whole(svc, op, dev, path)
         if dev.state != "failed" or not recorded:
             new = mmirrors.set_device_state(op.pool, dev.uuid, "failed")
             if not recorded:
@@ -801,6 +833,55 @@ def _online(mgr: Manager, pool_name: str, key: str, rate: int | None) -> dict[st
         if svc is not None:
             return {"device": dev.name, "state": "queued"}
         return _finish_offline(mgr, op, dev.uuid, rate, "returning")
+
+
+def _check_diverged(mgr: Manager, op: Any, dev: Any, path: str, discard: bool) -> bool:
+    """Was *dev* written apart from the pool (:func:`metadata.media.diverged`)?
+
+    Raises :class:`DivergedError` if so, unless *discard*: then True (the
+    caller rebuilds it whole, discarding what was written to it apart).
+    """
+    scan = next((s for s in op.choice.scans if s.device_uuid == dev.uuid), None)
+    if scan is not None:
+        found = media.diverged(scan, op.choice)
+    else:
+        with FileDevice(path, readonly=True) as f:
+            found = media.diverged(media.scan_device(f), op.choice)
+    if found is None:
+        return False
+    if discard:
+        log.warning("pool %s: device %s was written apart (%s); rebuilding it whole,"
+                    " discarding those writes", op.pool.name, dev.name, found)
+        return True
+    raise DivergedError(
+        f"device {dev.name} was written apart from the pool: {found} (each part went on"
+        f" without the other). Bringing it back discards what was written to it then: copy"
+        f" that out first (open {path} on its own), then run: vv device online"
+        f" {op.pool.name} {dev.name} --discard-divergent")
+
+
+def _rebuild_whole(svc: Any, op: Any, dev: Any, path: str) -> None:
+    """Make the coming resync of *dev* copy every mirrored range it holds, and empty its log.
+
+    Its own log (bits and stale list) belongs to the part that went on apart:
+    a fresh one replaces it, and the bits set on its partners' logs name
+    everything it holds, as for a replacement.
+    """
+    index = mmirrors.MirrorIndex(op.pool)
+    ranges = [(loc.device, loc.offset, s.length)
+              for off, n in index.extent_ranges(dev.uuid)
+              for s in index.spans(dev.uuid, off, n)
+              for loc in s.legs if loc.device != dev.uuid]
+    scan = next((s for s in op.choice.scans if s.device_uuid == dev.uuid), None)
+    if scan is not None:
+        dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
+    else:
+        with FileDevice(path) as f:
+            dirtylog.init_log(f, dev, op.pool.extent_size, op.pool.uuid)
+    if svc is not None:
+        svc.from_thread(svc.mark_ranges, op.pool.uuid, ranges)
+    else:
+        _mark_ranges_offline(op, ranges)
 
 
 def _locate(mgr: Manager, op: Any, dev: Any) -> str | None:
