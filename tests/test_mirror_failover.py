@@ -647,6 +647,8 @@ def test_a_device_missing_after_a_crash_gets_the_regions_dirty_at_the_crash(tmp_
     torn = _crash_with_a_torn_write(pool, tmp_path)
     with moved_away(torn.leg1) as away, mounted(pool, *PROBING) as node:
         wait_until(lambda: _device_state(pool, torn.name) == "failed", 20, "a failure at start")
+        wait_until(lambda: _job(pool, "crash")["state"] == "done", 20, "the crash resync")
+        assert _job(pool, "crash")["regions_left"] == torn.dirty, _job(pool, "crash")
         away.rename(torn.leg1)
         wait_until(lambda: _device_state(pool, torn.name) == "ok", 60, "the device back")
         job = _job(pool, "returning")

@@ -470,6 +470,8 @@ class ResyncJob:
     done: int = 0
     regions: int = 0
     regions_done: int = 0
+    #: regions not copied to every leg (one missing or failed): their bits stay set
+    regions_left: int = 0
     started: float = field(default_factory=time.time)
     finished: float | None = None
     error: str | None = None
@@ -481,6 +483,7 @@ class ResyncJob:
                 "devices": sorted(names.get(t, t) for t in self.targets),
                 "bytes_total": self.total, "bytes_done": self.done,
                 "regions_total": self.regions, "regions_done": self.regions_done,
+                "regions_left": self.regions_left,
                 "rate_limit": self.rate, "started": self.started, "finished": self.finished,
                 "elapsed": elapsed, "error": self.error}
 
@@ -1193,6 +1196,8 @@ class PoolMirror:
             if whole:
                 pending.append((keys, seqs))
                 copied |= keys
+            else:
+                job.regions_left += 1
             job.done += n
             job.regions_done += 1
             batch += n

@@ -505,10 +505,12 @@ class Mirrors:
                     await lg.set_stale(remove=job.targets)
                 except DeviceIOError as exc:
                     pm.fail(u, exc)
+        left = (f"; {job.regions_left} regions keep their bits for a leg that is missing"
+                if job.regions_left else "")
         pm.emit("resync-done", "info", what,
                 f"resync {job.id} ({job.kind}) of {what} done: {job.done} bytes copied"
-                f" ({job.regions} regions) in {job.finished - job.started:.1f}s"
-                if job.finished else f"resync {job.id} done")
+                f" ({job.regions} regions) in {job.finished - job.started:.1f}s{left}"
+                if job.finished else f"resync {job.id} done{left}")
 
     # -- calls from Manager methods (through from_thread) -----------------------
 
