@@ -194,6 +194,7 @@ def test_a_move_pauses_while_its_source_leg_is_failed(tmp_path: Path) -> None:
         wait_until(lambda: "d1" in (_node_move(pool).get("paused") or ""), 30,
                    "the move to pause for d1")
         copied = _node_move(pool)["copied"]
+        assert "paused: device d1 is failed" in pool.vv("status").stdout
         time.sleep(1.5)
         st = _node_move(pool)
         assert st["copied"] == copied and st["state"] != "failed", st

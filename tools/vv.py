@@ -477,6 +477,11 @@ def _pool_status(p: dict) -> None:
             v.get("open", 0), ",".join(str(x) for x in v.get("pids") or []) or "-",
             v.get("state", "ok")]
            for v in _entries(p.get("volumes"))])
+    move = p.get("move")
+    if move:
+        click.echo(f"move {move.get('id')} ({move.get('what')}): {move.get('state')},"
+                   f" {move.get('copied')} of {move.get('total')} extents"
+                   + (f"; paused: {move['paused']}" if move.get("paused") else ""))
     for job in (p.get("mirror") or {}).get("jobs", []):
         if job.get("state") in ("queued", "running"):
             total, done = job.get("bytes_total") or 0, job.get("bytes_done") or 0

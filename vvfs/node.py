@@ -474,4 +474,5 @@ class Node:
                             "state": live.get("volumes", {}).get(v.uuid, "ok"),
                             "read_policy": v.read_policy, "stats": vio.statistics()})
         return {"name": pio.name, "uuid": pio.uuid, "generation": pio.pool.generation,
-                "devices": devices, "volumes": volumes, "mirror": live.get("mirror", {})}
+                "devices": devices, "volumes": volumes, "mirror": live.get("mirror", {}),
+                "move": self.jobs.move_progress(pio.uuid)}
