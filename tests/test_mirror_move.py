@@ -283,3 +283,74 @@ def test_scrub_leaves_a_failed_or_resyncing_leg_alone(tmp_path: Path) -> None:
         assert _pread(path, 0, size) == expect
         node.umount()
     assert_legs_identical(pool, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# progress on a terminal
+
+
+def _on_a_terminal(pool: TestPool, *args: str, timeout: float = 120) -> str:
+    """Run ``vv ARGS`` with a pseudo-terminal as stdin, stdout and stderr; return what it drew."""
+    import pty
+    import select
+    import subprocess
+
+    from .mountutil import VV
+
+    master, slave = pty.openpty()
+    env = {**pool.env(), "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
+    proc = subprocess.Popen([VV, *args], stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the terminal's last writer is gone
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, out.decode(
+            errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_resync_and_move_draw_progress_bars_on_a_terminal(tmp_path: Path) -> None:
+    pool = TestPool(tmp_path, devices=3)
+    pool.create_volume("m", 64 * MiB, mirrors=2, on=[("d0", None), ("d1", None)])
+    with mounted(pool, *NODE_OPTIONS) as node:
+        path = pool.volume_path("m")
+        pool.vv("device", "fail", "tank", "d1")
+        _write(path, 0, os.urandom(32 * MiB))  # 32 MiB dirty for d1
+        drawn = _on_a_terminal(pool, "device", "online", "tank", "d1", "--wait",
+                               "--rate", "8M")
+        # rich redraws one line in place: a bar, the bytes, the rate, the time left
+        assert "\r" in drawn and "━" in drawn, drawn
+        assert "32.0/32.0 MiB" in drawn and "B/s" in drawn and "(done)" in drawn, drawn
+        assert _failure_state(pool, "d1") == "ok"
+
+        drawn = _on_a_terminal(pool, "volume", "move", "tank/m", "--from", "d1", "--to", "d2",
+                               "--rate", "16M", "--wait")
+        bars = [line for line in drawn.split("\r") if "extents" in line and "[" in line]
+        assert len(bars) >= 3 and any("#" in b for b in bars), drawn
+        assert any("100.0%" in b for b in bars) or "done" in drawn, drawn
+        assert not _node_move(pool)
+        node.umount()
+    assert_legs_identical(pool, tmp_path)
+
+
+def _failure_state(pool: TestPool, device: str) -> str:
+    """*device*'s state in the committed configuration, through the node."""
+    return next(str(d["state"]) for d in _config_through_node(pool)["devices"]
+                if d["name"] == device)
