@@ -375,11 +375,11 @@ def root(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def env(root: Path) -> "Env":
+def env(root: Path) -> Env:
     return make_env(root)
 
 
-def assert_repaired_clean(env: "Env") -> None:
+def assert_repaired_clean(env: Env) -> None:
     """--repair fixes everything (exit 1), then a new run is clean (exit 0)."""
     from vvfs import fsck
 

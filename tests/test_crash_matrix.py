@@ -22,7 +22,7 @@ from vvfs import fsck
 from vvfs.api import Manager
 from vvfs.faultdev import Cut
 
-from .fsck_support import (  # noqa: F401 (root, env: fixtures)
+from .fsck_support import (
     Env,
     make_env,
     media_choice,
@@ -32,7 +32,6 @@ from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     root,
     scratch,
 )
-
 
 OPS: dict[str, Callable[[Manager], object]] = {
     "create mirrored volume": lambda mgr: mgr.create_volume(

@@ -547,7 +547,8 @@ def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -
             if host is elsewhere:
                 host.vv("pool", "import", "tank", "--search", str(tmp_path), "--force")
             with mounted(host, *PROBING) as node:
-                wait_until(lambda: _failure(host, gone) == ("failed", "vanished"), 20,
+                wait_until(lambda host=host, gone=gone: _failure(host, gone)
+                           == ("failed", "vanished"), 20,
                            f"{gone} failed while {alone} is used alone")
                 _write(host.volume_path("m"), 0, written[alone])
                 node.umount()
@@ -581,12 +582,11 @@ def test_a_split_brain_is_seen_after_the_rings_wrapped(tmp_path: Path) -> None:
 
     pool = TestPool(tmp_path, devices=2)
     pool.create_volume("m", 16 * MiB, mirrors=2)
-    with moved_away(tmp_path / "dev1.img"):
-        with pool.manager() as mgr:
-            mgr.fail_device("tank", "d1", reason="test", only_if_failed=False)
-            for i in range(12):  # more commits than a ring holds
-                mgr.create_volume(f"tank/v{i}", mapper.VolumeSpec(name="", size=4 * MiB))
-            failed_at = mgr.show_pool("tank").pool.device("d1").failed_at
+    with moved_away(tmp_path / "dev1.img"), pool.manager() as mgr:
+        mgr.fail_device("tank", "d1", reason="test", only_if_failed=False)
+        for i in range(12):  # more commits than a ring holds
+            mgr.create_volume(f"tank/v{i}", mapper.VolumeSpec(name="", size=4 * MiB))
+        failed_at = mgr.show_pool("tank").pool.device("d1").failed_at
     assert failed_at > 0
     with moved_away(tmp_path / "dev0.img"):
         other = Manager(str(tmp_path / "state2"))

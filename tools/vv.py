@@ -518,8 +518,9 @@ from .vv_mirror import (
     events,
     volume_set,
 )
-from .vv_mount import mount as _mount_cmd, umount as _umount_cmd  # noqa: E402
-from .vv_move import device_evacuate, evacuate_then, volume_move, volume_scrub  # noqa: E402
+from .vv_mount import mount as _mount_cmd
+from .vv_mount import umount as _umount_cmd
+from .vv_move import device_evacuate, evacuate_then, volume_move, volume_scrub
 
 cli.add_command(_mount_cmd)
 cli.add_command(_umount_cmd)

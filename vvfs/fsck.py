@@ -66,6 +66,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -1299,7 +1300,7 @@ def _compare_legs(ctx: Ctx, volume: str, vmap: mapper.VolumeMap) -> None:
         _report_mirror(ctx, volume, run)
 
 
-def _piece_diff(ctx: Ctx, piece: mapper.Piece, failed: set[str]
+def _piece_diff(ctx: Ctx, piece: mapper.Piece, failed: AbstractSet[str]
                 ) -> tuple[int, int, int] | None:
     """(leg, first differing byte rounded down to a sector, reference leg) of the first leg
     unlike the first leg compared.

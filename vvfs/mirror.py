@@ -1292,9 +1292,10 @@ class PoolMirror:
         copied = len(data) if len(targets) + len(holding) >= 2 else 0
         return not errors and all(loc.device in self.devices for loc in s.legs), copied
 
-    async def _read_legs(self, sources: list[Loc], length: int) -> list[bytes] | None:
+    async def _read_legs(self, sources: list[Loc], length: int
+                         ) -> list[bytes | bytearray] | None:
         """The bytes of every source leg, or None after failing a leg that could not be read."""
-        datas: list[bytes] = [b""] * len(sources)
+        datas: list[bytes | bytearray] = [b""] * len(sources)
         failed: list[tuple[DeviceUUID, DeviceIOError]] = []
 
         async def one(i: int, loc: Loc) -> None:
@@ -1319,7 +1320,8 @@ class PoolMirror:
             self.fail(device, exc)
         return None if failed else datas
 
-    async def _judge(self, sources: list[Loc], datas: list[bytes]) -> bytes:
+    async def _judge(self, sources: list[Loc], datas: list[bytes | bytearray]
+                     ) -> bytes | bytearray:
         """The right bytes of legs that differ: block by block, by the stored checksums.
 
         Without checksums (or for a length that is not whole blocks) the
@@ -1337,12 +1339,12 @@ class PoolMirror:
                 stored.append(None)
         out = bytearray(datas[0])
         for b in range(0, n, BLOCK):
-            blocks: list[bytes | None] = [d[b:b + BLOCK] for d in datas]
+            blocks = [bytes(d[b:b + BLOCK]) for d in datas]
             if all(x == blocks[0] for x in blocks[1:]):
                 continue
             self.stats.resync_judged += 1
             entries = [vals[b // BLOCK] if vals is not None else None for vals in stored]
-            verdict = judge([bytes(x) for x in blocks if x is not None], entries)
+            verdict = judge(list(blocks), entries)
             if verdict.right:
                 self.stats.resync_judged_other += 1
                 out[b:b + BLOCK] = datas[verdict.right][b:b + BLOCK]
@@ -1350,7 +1352,7 @@ class PoolMirror:
                          sources[verdict.right].offset + b, verdict.reason)
         return bytes(out)
 
-    async def _forward(self, written: list[Loc], data: bytes
+    async def _forward(self, written: list[Loc], data: bytes | bytearray
                        ) -> list[tuple[DeviceUUID, int, int, int]]:
         """Write *data*, just written to legs *written*, to a move's destination of those legs.
 

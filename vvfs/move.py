@@ -233,10 +233,10 @@ class MoveTask:
         while True:
             why = self._blocked()
             pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
-            if why is None and pm is None:
-                yield
-                return
             if why is None:
+                if pm is None:
+                    yield
+                    return
                 async with pm.copy_lock:
                     if self._blocked() is None:
                         if self.paused is not None:
