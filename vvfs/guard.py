@@ -25,8 +25,10 @@ Concurrency (trio thread; statements between two awaits are atomic):
   (``RangeLock.exclusive``) first blocks new writes to its range, then waits
   for the writes in flight there to end -- so while it holds the range no
   write to it is in flight, and writes to it wait.
-* the shadow of a write is decided when the write starts: a write that
-  started before a move's record was dropped still writes its shadow, and
+* every write holds its range (``writing``), with or without checksums or a
+  move, so that an exclusive holder can always wait for it; the shadow of a
+  write is decided once its range is held: a write that started before a
+  move's record was dropped still writes its shadow, and
   :meth:`MoveShadow.wait_idle` lets an abort wait for those.
 * cancellation: locks are released in ``finally``; a cancelled write may
   have reached some legs, entries or shadows and not others (like a crash).
@@ -88,7 +90,8 @@ class RangeLock:
             yield
         finally:
             del self._writers[tok]
-            self._notify()
+            if self._locks:  # only an exclusive holder waits for writers to end
+                self._notify()
 
     @contextlib.asynccontextmanager
     async def exclusive(self, start: int, end: int) -> AsyncIterator[None]:
@@ -208,10 +211,9 @@ class PoolGuard:
         """Write *data* at *offset* of volume *vio* through its guard; return bytes written."""
         write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write  # type: ignore[attr-defined]
         size: int = vio.size  # type: ignore[attr-defined]
-        shadow = self.move if self.move is not None and vio.uuid in self.move.volumes else None  # type: ignore[attr-defined]
-        csum = self.checksummed(vio)
-        if offset >= size or not len(data) or not (csum or shadow):
+        if offset >= size or not len(data):
             return await write(offset, data)
+        csum = self.checksummed(vio)
         length = min(len(data), size - offset)
         view = memoryview(data)[:length]
         start, end = offset - offset % BLOCK, -(-(offset + length) // BLOCK) * BLOCK
@@ -219,10 +221,18 @@ class PoolGuard:
         lock = self.lock(vio.uuid)  # type: ignore[attr-defined]
         held = lock.exclusive(start, end) if partial else lock.writing(start, end)
         self.stats.guarded_writes += 1
-        if shadow is not None:
-            shadow.enter()
-        try:
-            async with held:
+        # every write holds its range, checksums or not: an exclusive holder (a
+        # move's copy, a scrub) must be able to wait for it.  The shadow is
+        # decided once the range is held, so a write that waited behind a
+        # move's first copy still reaches the destination.
+        async with held:
+            moving = self.move
+            shadow = moving if moving is not None and vio.uuid in moving.volumes else None  # type: ignore[attr-defined]
+            if not (csum or shadow):
+                return await write(offset, data)
+            if shadow is not None:
+                shadow.enter()
+            try:
                 pieces = vio.vmap.resolve(offset, length)  # type: ignore[attr-defined]
                 entries = [] if partial or not csum else _entries(pieces, offset, view, shadow)
                 result = 0
@@ -241,18 +251,21 @@ class PoolGuard:
                     self.stats.partial_writes += 1
                     await self._refresh(vio, start, min(end, size - size % BLOCK), shadow)
                 return result
-        finally:
-            if shadow is not None:
-                shadow.leave()
+            finally:
+                if shadow is not None:
+                    shadow.leave()
 
     async def write_leg(self, devices: Mapping[DeviceUUID, Any], device: DeviceUUID,
                         offset: int, data: bytes | memoryview) -> None:
         """Write *data* at *offset* of one leg's device, and to a move's destination too.
 
         For writers that bypass :meth:`write` and put bytes straight on a
-        leg (scrub repairs, resync): while a move is recorded, what lands on
-        a moving run must reach its destination as well.  The caller holds
-        the volume range (``exclusive``) or otherwise keeps host writes out.
+        leg (scrub repairs; resync has its own, ``PoolMirror._forward``):
+        while a move is recorded, what lands on a moving run must reach its
+        destination as well.  The caller holds the volume range
+        (``exclusive``) or otherwise keeps host writes out.  A destination
+        that cannot be written fails the move (``shadow.failed``), not this
+        write, as for a host write's shadow.
         """
         dev = devices.get(device)
         if dev is None:
@@ -262,11 +275,18 @@ class PoolGuard:
         if shadow is None:
             return
         view = memoryview(data)
-        for skip, dest, at, n in shadow.map(device, offset, len(view)):
-            target = devices.get(dest)
-            if target is None:
-                raise DeviceIOError(dest, at, "move destination is not open")
-            await target.pwrite(view[skip:skip + n], at)
+        try:
+            for skip, dest, at, n in shadow.map(device, offset, len(view)):
+                target = devices.get(dest)
+                if target is None:
+                    raise DeviceIOError(dest, at, "move destination is not open")
+                await target.pwrite(view[skip:skip + n], at)
+        except DeviceIOError as exc:
+            self.stats.shadow_errors += 1
+            if shadow.failed is None:
+                shadow.failed = exc
+            log.error("move %s: a repair could not reach the destination: %s",
+                      shadow.record.id, exc)
 
     async def _store(self, entries: list[Entry]) -> None:
         try:
