@@ -575,6 +575,9 @@ class PoolMirror:
         self.copy_lock = trio.Lock()
         #: the pool's write guard (vvfs.guard.PoolGuard): a move's shadow
         self.guard: Any = None
+        #: regions of writes that ended part-way (cancelled, or an error that
+        #: fails no device): never cleaned, only resynced
+        self.suspect: set[Key] = set()
         #: the pool's block-checksum store (vvfs.checksums), refreshed by resync
         self.checksums: Any = None
         self.stats = MirrorStats()
@@ -785,15 +788,23 @@ class PoolMirror:
                 self.fail(u, DeviceIOError(self.name_of(u), 0, "device is missing",
                                            errno.ENOENT))
         await self.gate.enter(keys)
+        done = False
         try:
             lost = await self._mark(marks, ahead=0 if skipped else MARK_AHEAD)
             failed = await self._write_legs(pieces, offset, view)
+            done = True
         finally:
             wseq, devices = self.gate.wseq, self.devices
             for k in keys:
                 dev = devices.get(k[0])  # type: ignore[call-overload]
                 if dev is not None:
                     wseq[k] = dev.completed_writes
+            if not done:
+                # cancelled or failed part-way: some legs may hold it and others not;
+                # the bits stay until a resync makes the legs agree again
+                self.suspect |= keys
+                if self.spawn is not None:
+                    self.spawn(self._repair_suspect)
             self.gate.leave(keys)
         # every leg that did not get the data (skipped, or failed in _mark or the write)
         degraded = skipped | failed | lost
@@ -836,9 +847,20 @@ class PoolMirror:
             self.fail(u, exc)
         return {u for u, _ in errors}
 
+    async def _repair_suspect(self) -> None:
+        """Resync the regions of writes that ended part-way (unless a resync runs already)."""
+        if self.suspect and self.running_job() is None:
+            await self.resync(self.new_job("repair"))
+
     async def _write_legs(self, pieces: list[Piece], base: int, view: memoryview
                           ) -> set[DeviceUUID]:
-        """Write every piece to every live leg; return devices that failed meanwhile."""
+        """Write every piece to every live leg; return the legs it did not reach.
+
+        Those are the devices that failed during the write and those that
+        failed (left the live table) since the write computed its regions.
+        """
+        absent = {loc.device for p in pieces if len(p.legs) > 1 for loc in p.legs
+                  if loc.device not in self.devices}
         calls: list[_Call] = []
         for m in range(max((len(p.legs) for p in pieces), default=0)):
             calls += _plan(((i, p, p.legs[m]) for i, p in enumerate(pieces)
@@ -861,7 +883,7 @@ class PoolMirror:
                 raise DeviceIOError(p.legs[0].device, p.legs[0].offset,
                                     f"no leg could store volume bytes {p.offset}+{p.length}",
                                     errno.EIO)
-        return failed
+        return failed | absent
 
     async def _run(self, calls: list[_Call], *, read: bool, ok: list[int]
                    ) -> list[tuple[_Call, DeviceIOError]]:
@@ -1048,7 +1070,7 @@ class PoolMirror:
                 continue
             for r in lg.set_regions:
                 k = (uuid, r)
-                if k in gate.inflight or k in gate.locked:
+                if k in gate.inflight or k in gate.locked or k in self.suspect:
                     continue
                 quiet = now - gate.last.get(k, -math.inf)
                 if quiet < idle:
@@ -1166,6 +1188,8 @@ class PoolMirror:
                   f" {job.total} bytes to copy" + (f" to {', '.join(sorted(names.get(t, t) for t in job.targets))}" if job.targets else ""))
         pending: list[tuple[set[Key], dict[Key, int]]] = []
         copied: set[Key] = set()  # regions done in this job (a copy's other legs included)
+        #: per target, regions of this job that could not be copied to every leg
+        left: dict[str, int] = {}
         batch = 0
         last_event = time.monotonic()
         for uuid, r in work:
@@ -1185,19 +1209,30 @@ class PoolMirror:
                 continue
             keys: set[Key] = {(loc.device, self.geos[loc.device].region_of(loc.offset))
                               for s in spans for loc in s.legs if loc.device in self.geos}
+            stale_map = False
             async with self.gate.holding(keys):
-                whole = True
+                # the configuration may have changed while this waited: use the
+                # current map, and leave the region to a later pass if it grew
+                spans = self.index.spans(uuid, geo.region_start(r), geo.region)
+                stale_map = not {(loc.device, self.geos[loc.device].region_of(loc.offset))
+                                 for s in spans for loc in s.legs
+                                 if loc.device in self.geos} <= keys
+                whole = not stale_map
                 n = 0
-                for s in spans:
+                for s in [] if stale_map else spans:
                     done, copied_bytes = await self._copy_span(s, job)
                     whole &= done
                     n += copied_bytes
                 seqs: dict[Key, int] = {k: self.gate.seq.get(k, 0) for k in keys}
+                if whole:  # the legs agree again (no write is in flight here)
+                    self.suspect -= keys
             if whole:
                 pending.append((keys, seqs))
                 copied |= keys
             else:
                 job.regions_left += 1
+                for t in job.targets & {loc.device for s in spans for loc in s.legs}:
+                    left[t] = left.get(t, 0) + 1
             job.done += n
             job.regions_done += 1
             batch += n
@@ -1216,26 +1251,15 @@ class PoolMirror:
             if t not in self.devices:
                 job.error = f"device {self.name_of(t)} failed during its resync"
                 return
-            left = self._regions_with(t)
-            if left:
-                job.error = (f"{left} regions of device {self.name_of(t)} could not be"
+            # only what this job could not copy: bits that host writes set after
+            # a region was copied name bytes the target got too (it is written)
+            if left.get(t):
+                job.error = (f"{left[t]} regions of device {self.name_of(t)} could not be"
                              " resynced (no working copy)")
 
     def _job_object(self, job: ResyncJob) -> str:
         names = self.names
         return ",".join(sorted(names.get(t, t) for t in job.targets)) or self.pool.name
-
-    def _regions_with(self, target: str) -> int:
-        """Set bits on live logs whose region has a copy on *target*."""
-        n = 0
-        for uuid, lg in self.logs.items():
-            if uuid not in self.devices:
-                continue
-            geo = self.geos[uuid]
-            for r in lg.set_regions:
-                if target in self.index.partners(uuid, geo.region_start(r), geo.region):
-                    n += 1
-        return n
 
     async def _copy_span(self, s: Span, job: ResyncJob) -> tuple[bool, int]:
         """Make every live leg of span *s* hold the same, right bytes.
