@@ -18,11 +18,16 @@ The protocol (like pvmove, but resumable and abortable)
    :data:`CHECKPOINT_SECONDS` seconds the destination devices are flushed
    and ``copied`` is committed (``Manager.move_checkpoint``, through
    ``Node.call`` so that it is serialized with other management calls).
-5. **Switch**: once all extents are copied and flushed, one commit
-   (``Manager.move_finish``, :func:`mapper.move.switch`) maps the moved runs
-   at their destination and drops the record; the old extents are free from
-   that generation on.  Writes resolved with the old map before the new one
-   was applied still reach both places.
+5. **Switch**: once all extents are copied, every moved volume is locked
+   whole (writes to it wait; those in flight are waited for), the pool is
+   checked whole again (no device of the move failed meanwhile), the
+   destinations are flushed and one commit (``Manager.move_finish``,
+   :func:`mapper.move.switch`) maps the moved runs at their destination and
+   drops the record; the old extents are free from that generation on.  The
+   writes that waited go on with the new map once it is applied.  So no
+   write completes between the last flush of the destinations and the
+   switch, and no dirty bit of a failed leg's partner is left on a source
+   the switch drops.
 
 **Failures and resyncs**: a move copies nothing while a device holding the
 moved volumes (or a destination) is failed, is being brought back, or while
@@ -188,11 +193,17 @@ class MoveTask:
                     or time.monotonic() - last_time >= CHECKPOINT_SECONDS):
                 await self._checkpoint(self.done)
                 last, last_time = self.done, time.monotonic()
-        async with self._quiet():
-            self.state = "finishing"
-            await self._flush()
-            await self.jobs.node.call("move_finish", {"pool_name": self.pio.name,
-                                                      "op_id": rec.id})
+        while True:
+            # the switch: no write to the moved volumes is in flight or starts, and
+            # every device they use is in service (else the survivors' dirty bits
+            # for a failed leg would stay on a source the switch leaves behind)
+            async with self._quiet(), self._volumes_held():
+                if self._blocked() is None:
+                    self.state = "finishing"
+                    await self._flush()
+                    await self.jobs.node.call("move_finish", {"pool_name": self.pio.name,
+                                                              "op_id": rec.id})
+                    break
         self.state = "done"
         emit(self.jobs.node, self.pio.uuid, "move-done", "info", self.pio.name,
              f"move {rec.id} ({rec.what}) done: {rec.total} extents, map switched")
@@ -251,6 +262,17 @@ class MoveTask:
                      f" {self.done} of {self.record.total}: {why}; it goes on when the pool"
                      " is whole again (or abort it)")
             await trio.sleep(PAUSE_POLL)
+
+    @contextlib.asynccontextmanager
+    async def _volumes_held(self) -> AsyncIterator[None]:
+        """Hold every moved volume whole, exclusively: writes to them wait (the switch)."""
+        guard = self.jobs.guards[self.pio.uuid]
+        async with contextlib.AsyncExitStack() as stack:
+            for uuid in sorted(self.record.volumes()):
+                vio = self.pio.volumes.get(uuid)  # type: ignore[call-overload]
+                if vio is not None:
+                    await stack.enter_async_context(guard.lock(vio.uuid).exclusive(0, vio.size))
+            yield
 
     def _unpause(self) -> None:
         emit(self.jobs.node, self.pio.uuid, "move-continued", "info", self.pio.name,
@@ -430,6 +452,9 @@ class Jobs:
         if guard is not None:
             guard.move = None
         if shadow is not None:
+            # writes from now on miss the destination: if the move is started
+            # again (the abort's commit failed), it must verify what it copied
+            self._started.discard(shadow.record.id)
             await shadow.wait_idle()
 
     def move_progress(self, pool_uuid: str) -> dict[str, Any] | None:
