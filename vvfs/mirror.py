@@ -48,7 +48,11 @@ Bits are cleared lazily by :meth:`PoolMirror.clean` (the node calls it
 every second): a region idle for :data:`CLEAN_IDLE` seconds, none of whose
 copies lies on a failed, missing or resyncing device, has its devices
 flushed and -- if no write entered it meanwhile -- its bit cleared.  So a
-steady stream of writes to the same regions pays no log write at all.
+steady stream of writes to the same regions pays no log write at all.  The
+regions of a write that ended part-way (cancelled, or an error that fails
+no device: some legs may hold it and others not) are *suspect*
+(:attr:`PoolMirror.suspect`): never cleaned, only cleared by a resync that
+copied them, and a ``repair`` resync is started for them at once.
 
 Reads
 -----
