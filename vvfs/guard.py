@@ -82,16 +82,27 @@ class RangeLock:
     @contextlib.asynccontextmanager
     async def writing(self, start: int, end: int) -> AsyncIterator[None]:
         """Hold ``[start, end)`` shared, after any exclusive holder of it lets go."""
-        while self._overlaps(self._locks, start, end):
-            await self._wait_change()
-        tok = self._token()
-        self._writers[tok] = (start, end)
+        tok = await self.enter_writing(start, end)
         try:
             yield
         finally:
-            del self._writers[tok]
-            if self._locks:  # only an exclusive holder waits for writers to end
-                self._notify()
+            self.leave_writing(tok)
+
+    async def enter_writing(self, start: int, end: int) -> int:
+        """:meth:`writing` without a context manager (the write path): returns a token.
+
+        No await at all when no exclusive holder overlaps (the usual case).
+        """
+        while self._locks and self._overlaps(self._locks, start, end):
+            await self._wait_change()
+        tok = self._token()
+        self._writers[tok] = (start, end)
+        return tok
+
+    def leave_writing(self, tok: int) -> None:
+        del self._writers[tok]
+        if self._locks:  # only an exclusive holder waits for writers to end
+            self._notify()
 
     @contextlib.asynccontextmanager
     async def exclusive(self, start: int, end: int) -> AsyncIterator[None]:
@@ -219,41 +230,54 @@ class PoolGuard:
         start, end = offset - offset % BLOCK, -(-(offset + length) // BLOCK) * BLOCK
         partial = csum and (start != offset or end != offset + length)
         lock = self.lock(vio.uuid)  # type: ignore[attr-defined]
-        held = lock.exclusive(start, end) if partial else lock.writing(start, end)
         self.stats.guarded_writes += 1
         # every write holds its range, checksums or not: an exclusive holder (a
         # move's copy, a scrub) must be able to wait for it.  The shadow is
         # decided once the range is held, so a write that waited behind a
         # move's first copy still reaches the destination.
-        async with held:
-            moving = self.move
-            shadow = moving if moving is not None and vio.uuid in moving.volumes else None  # type: ignore[attr-defined]
-            if not (csum or shadow):
-                return await write(offset, data)
-            if shadow is not None:
-                shadow.enter()
+        if not partial:
+            tok = await lock.enter_writing(start, end)
             try:
-                pieces = vio.vmap.resolve(offset, length)  # type: ignore[attr-defined]
-                entries = [] if partial or not csum else _entries(pieces, offset, view, shadow)
-                result = 0
-
-                async def data_write() -> None:
-                    nonlocal result
-                    result = await write(offset, view)
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(data_write)
-                    if shadow is not None:
-                        nursery.start_soon(self._shadow_write, vio, pieces, offset, view, shadow)
-                    if entries:
-                        nursery.start_soon(self._store, entries)
-                if partial:
-                    self.stats.partial_writes += 1
-                    await self._refresh(vio, start, min(end, size - size % BLOCK), shadow)
-                return result
+                moving = self.move
+                if not csum and (moving is None or vio.uuid not in moving.volumes):  # type: ignore[attr-defined]
+                    return await write(offset, data)  # the plain path: no context manager
+                return await self._guarded(vio, offset, view, csum, False, start, end, size)
             finally:
+                lock.leave_writing(tok)
+        async with lock.exclusive(start, end):
+            return await self._guarded(vio, offset, view, csum, True, start, end, size)
+
+    async def _guarded(self, vio: object, offset: int, view: memoryview, csum: bool,
+                       partial: bool, start: int, end: int, size: int) -> int:
+        """The write with checksums and/or a move's shadow; its range is held."""
+        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write  # type: ignore[attr-defined]
+        length = len(view)
+        moving = self.move
+        shadow = moving if moving is not None and vio.uuid in moving.volumes else None  # type: ignore[attr-defined]
+        if shadow is not None:
+            shadow.enter()
+        try:
+            pieces = vio.vmap.resolve(offset, length)  # type: ignore[attr-defined]
+            entries = [] if partial or not csum else _entries(pieces, offset, view, shadow)
+            result = 0
+
+            async def data_write() -> None:
+                nonlocal result
+                result = await write(offset, view)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(data_write)
                 if shadow is not None:
-                    shadow.leave()
+                    nursery.start_soon(self._shadow_write, vio, pieces, offset, view, shadow)
+                if entries:
+                    nursery.start_soon(self._store, entries)
+            if partial:
+                self.stats.partial_writes += 1
+                await self._refresh(vio, start, min(end, size - size % BLOCK), shadow)
+            return result
+        finally:
+            if shadow is not None:
+                shadow.leave()
 
     async def write_leg(self, devices: Mapping[DeviceUUID, Any], device: DeviceUUID,
                         offset: int, data: bytes | memoryview) -> None:
