@@ -140,6 +140,8 @@ FIRST_MAX_IN_FLIGHT = 8
 RESYNC_BATCH = 16 << 20
 #: Seconds between resync-progress events.
 PROGRESS_EVERY = 5.0
+#: Seconds between looks at the pool while a move or a scrub waits (:meth:`PoolMirror.quiet`).
+QUIET_POLL = 0.5
 
 Key = tuple[str, int]
 Emit = Callable[[str, str, str, str], None]
@@ -1143,6 +1145,34 @@ class PoolMirror:
 
     def running_job(self) -> ResyncJob | None:
         return next((j for j in self.jobs if j.state in ("queued", "running")), None)
+
+    def resyncing_now(self) -> str | None:
+        """Why a move or a scrub must wait now (the pool resyncs), or None."""
+        if self.needs_resync:
+            return "the pool resyncs the regions a crash left dirty"
+        job = self.running_job()
+        return f"resync {job.id} ({job.kind}) runs" if job is not None else None
+
+    @contextlib.asynccontextmanager
+    async def quiet(self, blocked: Callable[[], str | None], waiting: Callable[[str], None]
+                    ) -> AsyncIterator[None]:
+        """Hold :attr:`copy_lock` once no resync runs and *blocked()* says None.
+
+        For a move's extent copy or a scrub's chunk: both are checked again
+        under the lock (a queued resync goes first); while they say why not,
+        *waiting(why)* is called and the pool looked at every
+        :data:`QUIET_POLL` seconds.
+        """
+        while True:
+            why = self.resyncing_now() or blocked()
+            if why is None:
+                async with self.copy_lock:
+                    if (self.resyncing_now() or blocked()) is None:
+                        yield
+                        return
+                continue
+            waiting(why)
+            await trio.sleep(QUIET_POLL)
 
     def _work(self) -> list[Key]:
         """Every (device, region) whose bit is set on a live log, in device order."""

@@ -86,7 +86,7 @@ from metadata.model import DeviceUUID, Pool, PoolUUID
 
 from .checksums import BLOCK, ChecksumStore
 from .guard import MoveShadow, PoolGuard
-from .mirror import is_failure
+from .mirror import PoolMirror, is_failure
 
 if TYPE_CHECKING:
     from .api import Manager
@@ -98,8 +98,6 @@ T = TypeVar("T")
 
 CHECKPOINT_EXTENTS = 16
 CHECKPOINT_SECONDS = 2.0
-#: Seconds between looks at the pool while a move is paused.
-PAUSE_POLL = 0.5
 #: VVFS_BENCH_NO_GUARD=1 serves volumes without write guards -- no checksums,
 #: no moves -- only to measure what the guard costs (bench/, the README)
 BENCH_NO_GUARD = os.environ.get("VVFS_BENCH_NO_GUARD") == "1"
@@ -214,21 +212,23 @@ class MoveTask:
             due = self.started + self.bytes_copied / self.record.rate
             await trio.sleep(max(0.0, due - time.monotonic()))
 
+    def _mirror(self) -> PoolMirror | None:
+        mirrors = getattr(self.jobs.node, "mirrors", None)
+        return mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+
     def _blocked(self) -> str | None:
         """Why the move must not copy now (see the module docstring), or None."""
-        mirrors = getattr(self.jobs.node, "mirrors", None)
-        pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+        pm = self._mirror()
         if pm is None:
             return None
-        if pm.needs_resync:
-            return "the pool resyncs the regions a crash left dirty"
-        job = pm.running_job()
-        if job is not None:
-            return f"resync {job.id} ({job.kind}) runs"
+        why = pm.resyncing_now()
+        if why is not None:
+            return why
         pool = self.pio.pool
         if self._involved[0] != pool.generation:
             self._involved = (pool.generation, involved(pool, self.record))
         devices = self._involved[1]
+        mirrors = self.jobs.node.mirrors
         bringing = {d for p, d in getattr(mirrors, "_bringing", ()) if p == self.pio.uuid}
         for what, uuids in (("failed", set(pm.failed)), ("being resynced", pm.resyncing),
                             ("being brought back", bringing)):
@@ -240,28 +240,22 @@ class MoveTask:
     @contextlib.asynccontextmanager
     async def _quiet(self) -> AsyncIterator[None]:
         """Wait until the move may copy (pausing meanwhile), then hold the pool's copy lock."""
-        mirrors = getattr(self.jobs.node, "mirrors", None)
-        while True:
-            why = self._blocked()
-            pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
-            if why is None:
-                if pm is None:
-                    yield
-                    return
-                async with pm.copy_lock:
-                    if self._blocked() is None:
-                        if self.paused is not None:
-                            self._unpause()
-                        yield
-                        return
-                continue
-            if self.paused != why:
-                self.paused = why
-                emit(self.jobs.node, self.pio.uuid, "move-paused", "warning", self.pio.name,
-                     f"move {self.record.id} ({self.record.what}) paused at extent"
-                     f" {self.done} of {self.record.total}: {why}; it goes on when the pool"
-                     " is whole again (or abort it)")
-            await trio.sleep(PAUSE_POLL)
+        pm = self._mirror()
+        if pm is None:
+            yield
+            return
+        async with pm.quiet(self._blocked, self._pause):
+            if self.paused is not None:
+                self._unpause()
+            yield
+
+    def _pause(self, why: str) -> None:
+        if self.paused != why:
+            self.paused = why
+            emit(self.jobs.node, self.pio.uuid, "move-paused", "warning", self.pio.name,
+                 f"move {self.record.id} ({self.record.what}) paused at extent"
+                 f" {self.done} of {self.record.total}: {why}; it goes on when the pool"
+                 " is whole again (or abort it)")
 
     @contextlib.asynccontextmanager
     async def _volumes_held(self) -> AsyncIterator[None]:
@@ -331,8 +325,7 @@ class MoveTask:
 
     def _leg_failed(self, vio: Any, device: DeviceUUID, exc: DeviceIOError) -> bool:
         """Fail *device* as a leg of mirrored volume *vio* if *exc* fails a device; say if so."""
-        mirrors = getattr(self.jobs.node, "mirrors", None)
-        pm = mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+        pm = self._mirror()
         if pm is None or vio.volume.mirrors < 2 or not is_failure(exc):
             return False
         if device not in pm.failed:

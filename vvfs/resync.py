@@ -74,7 +74,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -825,8 +825,10 @@ def _online(mgr: Manager, pool_name: str, key: str, rate: int | None,
 
             raise RefusedError(f"device {dev.name} cannot be found: no readable label on its"
                                f" paths ({', '.join(dev.paths) or 'none'}) or the search paths")
-        if not recorded and _check_diverged(mgr, op, dev, path, discard_divergent):
-            _rebuild_whole(svc, op, dev, path)
+        if not recorded:
+            with _scanned(op, dev, path) as scan:
+                if _check_diverged(op, dev, path, scan, discard_divergent):
+                    _rebuild_whole(svc, op, dev, scan)
         if dev.state != "failed" or not recorded:
             new = mmirrors.set_device_state(op.pool, dev.uuid, "failed")
             if not recorded:
@@ -837,18 +839,25 @@ def _online(mgr: Manager, pool_name: str, key: str, rate: int | None,
         return _finish_offline(mgr, op, dev.uuid, rate, "returning")
 
 
-def _check_diverged(mgr: Manager, op: Any, dev: Any, path: str, discard: bool) -> bool:
-    """Was *dev* written apart from the pool (:func:`metadata.media.diverged`)?
+@contextlib.contextmanager
+def _scanned(op: Any, dev: Any, path: str) -> Iterator[media.DeviceScan]:
+    """The scan of *dev*: the pool's own, or one of *path* opened for the occasion."""
+    scan = next((s for s in op.choice.scans if s.device_uuid == dev.uuid), None)
+    if scan is not None:
+        yield scan
+        return
+    with FileDevice(path) as f:
+        yield media.scan_device(f)
+
+
+def _check_diverged(op: Any, dev: Any, path: str, scan: media.DeviceScan,
+                    discard: bool) -> bool:
+    """Was *dev* (found at *path*) written apart from the pool (:func:`media.diverged`)?
 
     Raises :class:`DivergedError` if so, unless *discard*: then True (the
     caller rebuilds it whole, discarding what was written to it apart).
     """
-    scan = next((s for s in op.choice.scans if s.device_uuid == dev.uuid), None)
-    if scan is not None:
-        found = media.diverged(scan, op.choice)
-    else:
-        with FileDevice(path, readonly=True) as f:
-            found = media.diverged(media.scan_device(f), op.choice)
+    found = media.diverged(scan, op.choice)
     if found is None:
         return False
     if discard:
@@ -862,7 +871,7 @@ def _check_diverged(mgr: Manager, op: Any, dev: Any, path: str, discard: bool) -
         f" {op.pool.name} {dev.name} --discard-divergent")
 
 
-def _rebuild_whole(svc: Any, op: Any, dev: Any, path: str) -> None:
+def _rebuild_whole(svc: Any, op: Any, dev: Any, scan: media.DeviceScan) -> None:
     """Make the coming resync of *dev* copy every mirrored range it holds, and empty its log.
 
     Its own log (bits and stale list) belongs to the part that went on apart:
@@ -874,12 +883,7 @@ def _rebuild_whole(svc: Any, op: Any, dev: Any, path: str) -> None:
               for off, n in index.extent_ranges(dev.uuid)
               for s in index.spans(dev.uuid, off, n)
               for loc in s.legs if loc.device != dev.uuid]
-    scan = next((s for s in op.choice.scans if s.device_uuid == dev.uuid), None)
-    if scan is not None:
-        dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
-    else:
-        with FileDevice(path) as f:
-            dirtylog.init_log(f, dev, op.pool.extent_size, op.pool.uuid)
+    dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
     if svc is not None:
         svc.from_thread(svc.mark_ranges, op.pool.uuid, ranges)
     else:

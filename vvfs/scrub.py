@@ -67,8 +67,6 @@ log = logging.getLogger(__name__)
 
 #: Bytes of volume locked, read and judged at a time.
 CHUNK = 1 << 20
-#: Seconds between looks at the pool while a scrub waits for a resync.
-RESYNC_POLL = 0.5
 #: Findings kept in detail (the counters count all of them).
 MAX_FINDINGS = 1000
 
@@ -163,18 +161,15 @@ class ScrubTask:
     @contextlib.asynccontextmanager
     async def _quiet(self) -> AsyncIterator[None]:
         """Wait while the pool resyncs, then hold its copy lock (no resync starts meanwhile)."""
-        while True:
-            pm = self._mirror()
-            if pm is None:
-                yield
-                return
-            if not pm.needs_resync and pm.running_job() is None:
-                async with pm.copy_lock:
-                    if not pm.needs_resync and pm.running_job() is None:
-                        yield
-                        return
-            self.state = "waiting for resync"
-            await trio.sleep(RESYNC_POLL)
+        pm = self._mirror()
+        if pm is None:
+            yield
+            return
+        async with pm.quiet(lambda: None, self._waiting):
+            yield
+
+    def _waiting(self, why: str) -> None:
+        self.state = "waiting for resync"
 
     async def _scrub(self) -> None:
         guard = self.jobs.guards[self.pio.uuid]
