@@ -30,7 +30,7 @@ from vvfs.guard import PoolGuard
 from vvfs.mirror import PoolMirror
 from vvfs.volio import VolumeIO
 
-from .mountutil import MiB, TestPool, mounted
+from .mountutil import MiB, TestPool, mounted, require
 from .test_mirror_failover import (
     NODE_OPTIONS,
     _fio_result,
@@ -148,6 +148,7 @@ def test_a_write_that_ends_part_way_keeps_its_bits_until_a_resync(tmp_path: Path
 
 @pytest.mark.slow
 def test_a_returning_device_resyncs_to_the_end_under_writes(tmp_path: Path) -> None:
+    require("fio")
     pool = TestPool(tmp_path, devices=2)
     pool.create_volume("m", 64 * MiB, mirrors=2)
     with mounted(pool, *NODE_OPTIONS) as node:

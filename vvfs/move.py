@@ -228,13 +228,12 @@ class MoveTask:
         if self._involved[0] != pool.generation:
             self._involved = (pool.generation, involved(pool, self.record))
         devices = self._involved[1]
-        mirrors = self.jobs.node.mirrors
-        bringing = {d for p, d in getattr(mirrors, "_bringing", ()) if p == self.pio.uuid}
-        for what, uuids in (("failed", set(pm.failed)), ("being resynced", pm.resyncing),
-                            ("being brought back", bringing)):
-            hit = sorted(pm.name_of(u) for u in uuids & devices)
+        busy = self.jobs.node.mirrors.is_busy  # resyncing, or about to be brought back
+        for what, hit in (("failed", [u for u in devices if u in pm.failed]),
+                          ("being resynced", [u for u in devices if busy(self.pio.uuid, u)])):
             if hit:
-                return f"device {', '.join(hit)} {'is' if len(hit) == 1 else 'are'} {what}"
+                names = sorted(pm.name_of(u) for u in hit)
+                return f"device {', '.join(names)} {'is' if len(names) == 1 else 'are'} {what}"
         return None
 
     @contextlib.asynccontextmanager
@@ -496,8 +495,9 @@ def _refuse_degraded(mgr: Manager, pool: Pool, record: moves.MoveRecord) -> None
     from .api import RefusedError
 
     svc = getattr(mgr, "mirrors", None)
+    devices = involved(pool, record)
     for d in pool.devices:
-        if d.uuid not in involved(pool, record):
+        if d.uuid not in devices:
             continue
         if d.state == "failed" or (svc is not None and svc.is_failed(pool.uuid, d.uuid)):
             raise RefusedError(f"device {d.name} is failed: bring it back (vv device online)"

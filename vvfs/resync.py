@@ -878,14 +878,23 @@ def _rebuild_whole(svc: Any, op: Any, dev: Any, scan: media.DeviceScan) -> None:
     a fresh one replaces it, and the bits set on its partners' logs name
     everything it holds, as for a replacement.
     """
-    index = mmirrors.MirrorIndex(op.pool)
-    ranges = [(loc.device, loc.offset, s.length)
-              for off, n in index.extent_ranges(dev.uuid)
-              for s in index.spans(dev.uuid, off, n)
-              for loc in s.legs if loc.device != dev.uuid]
     dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
+    _mark_whole(svc, op, _partner_ranges(op.pool, dev.uuid))
+
+
+def _partner_ranges(pool: Pool, device: str) -> list[tuple[str, int, int]]:
+    """(device, byte, length) of every copy, on the other legs, of what *device* holds."""
+    index = mmirrors.MirrorIndex(pool)
+    return [(loc.device, loc.offset, s.length)
+            for off, n in index.extent_ranges(device)
+            for s in index.spans(device, off, n)
+            for loc in s.legs if loc.device != device]
+
+
+def _mark_whole(svc: Any, op: Any, ranges: Sequence[tuple[str, int, int]]) -> None:
+    """Set the dirty bits of *ranges*: through the node's logs, or on media offline."""
     if svc is not None:
-        svc.from_thread(svc.mark_ranges, op.pool.uuid, ranges)
+        svc.from_thread(svc.mark_ranges, op.pool.uuid, list(ranges))
     else:
         _mark_ranges_offline(op, ranges)
 
@@ -1001,19 +1010,12 @@ def _replace(mgr: Manager, pool_name: str, old: str, new_path: str, force: bool,
         try:
             new = mmirrors.replace_device(op.pool, olddev.uuid, device)
             new.operations.append(_record(device.uuid, rate, "replace"))
-            index = mmirrors.MirrorIndex(new)
-            ranges = [(loc.device, loc.offset, s.length)
-                      for off, n in index.extent_ranges(device.uuid)
-                      for s in index.spans(device.uuid, off, n)
-                      for loc in s.legs if loc.device != device.uuid]
             if svc is not None:
                 # OLD leaves the data path first, so that nothing clears these bits
                 # (its copies are no longer all in service) before NEW is rebuilt
                 svc.from_thread(svc.fail_now, op.pool.uuid, olddev.uuid,
                                 f"being replaced by {new_path}")
-                svc.from_thread(svc.mark_ranges, op.pool.uuid, ranges)
-            else:
-                _mark_ranges_offline(op, ranges)
+            _mark_whole(svc, op, _partner_ranges(new, device.uuid))
             op.paths[device.uuid] = os.path.abspath(new_path)
             mgr._commit(op, new)
         except BaseException:
