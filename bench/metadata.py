@@ -27,7 +27,7 @@ import time
 
 import mapper
 from metadata import format as fmt
-from vvfs.api import Manager
+from vvfs.control.manager import Manager
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:

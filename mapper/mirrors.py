@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_right
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from metadata.errors import ConfigError
 from metadata.model import (
@@ -38,13 +38,27 @@ from .move import find as find_move
 from .placement import PlacementError
 
 __all__ = [
+    "RESYNC_KIND",
     "MirrorIndex",
     "Span",
     "replace_device",
+    "resync_records",
     "set_device_paths",
     "set_device_state",
     "set_read_policy",
 ]
+
+
+#: ``Pool.operations`` kind of a resync record: a device being brought back or
+#: rebuilt (``{"kind": "resync", "id": DEV, "device": DEV, ...}``); the device
+#: stays ``failed`` until a node has resynced it and dropped the record.
+RESYNC_KIND = "resync"
+
+
+def resync_records(pool: Pool) -> list[dict[str, Any]]:
+    """The well-formed resync records of *pool*, in order."""
+    return [op for op in pool.operations
+            if isinstance(op, dict) and op.get("kind") == RESYNC_KIND and op.get("device")]
 
 
 class Span(NamedTuple):

@@ -27,10 +27,8 @@ continue each other on every area are merged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from metadata.errors import ConfigError

@@ -1,7 +1,7 @@
 """Helpers of the vvfsck, crash and corruption tests: small pools, the CLI, crash images.
 
 Pools are built on 64 MiB sparse files with 1 MiB extents and the smallest
-metadata areas the format allows, through the real :class:`vvfs.api.Manager`
+metadata areas the format allows, through the real :class:`vvfs.control.manager.Manager`
 (or straight through :mod:`metadata.media` on memory devices, for speed).
 """
 
@@ -21,16 +21,16 @@ import pytest
 import yaml
 
 import mapper
-import vvfs.api
-import vvfs.discovery
-import vvfs.resync
+import vvfs.control.manager
+import vvfs.io.discovery
+import vvfs.node.mirrors
 from metadata import format as fmt
 from metadata import media
-from metadata.blockdev import FileDevice
 from metadata.model import Device, Pool, new_uuid
 from tools.vvfsck import main as vvfsck_main
-from vvfs.api import Manager
-from vvfs.faultdev import MemoryDevice, Recorder
+from vvfs.control.manager import Manager
+from vvfs.io.filedev import FileDevice
+from vvfs.testing.faultdev import MemoryDevice, Recorder
 
 SUMMARY = re.compile(r"^(pool \S+ \([0-9a-f-]+\) at |no pool: |other devices: )")
 DEV_SIZE = 64 << 20
@@ -195,13 +195,13 @@ def recording(recorder: Recorder) -> Iterator[Recorder]:
     def opener(path: str, *, readonly: bool = False) -> object:
         return recorder.device(real(path, readonly=readonly), os.path.realpath(path))
 
-    saved = (vvfs.discovery.FileDevice, vvfs.api.FileDevice)
-    vvfs.discovery.FileDevice = opener  # type: ignore[assignment,misc]
-    vvfs.api.FileDevice = opener  # type: ignore[assignment,misc]
+    saved = (vvfs.io.discovery.FileDevice, vvfs.control.manager.FileDevice)
+    vvfs.io.discovery.FileDevice = opener  # type: ignore[assignment,misc]
+    vvfs.control.manager.FileDevice = opener  # type: ignore[assignment,misc]
     try:
         yield recorder
     finally:
-        vvfs.discovery.FileDevice, vvfs.api.FileDevice = saved  # type: ignore[misc]
+        vvfs.io.discovery.FileDevice, vvfs.control.manager.FileDevice = saved  # type: ignore[misc]
 
 
 def open_plain(key: str) -> FileDevice:
@@ -291,8 +291,8 @@ def pending_resync(env: Env, device: str = "d1", *, fail: bool = True) -> Pool:
 
     What a node killed before the resync ended leaves behind: the device
     failed (by the real :meth:`Manager.fail_device`) and a record made by
-    :func:`vvfs.resync._record`, committed through the Manager's own
-    ``_changing``/``_commit`` as :func:`vvfs.resync._online` commits it.
+    :func:`vvfs.node.mirrors._record`, committed through the Manager's own
+    ``_changing``/``_commit`` as :func:`vvfs.node.mirrors._online` commits it.
     With *fail* false the device stays ok (a stale record).
     """
     with env.manager() as mgr:
@@ -300,7 +300,7 @@ def pending_resync(env: Env, device: str = "d1", *, fail: bool = True) -> Pool:
             mgr.fail_device(env.name, device, reason="test")
         with mgr._changing(env.name, allow_missing=True) as op:
             new = op.pool.copy()
-            new.operations.append(vvfs.resync._record(op.pool.device(device).uuid, None,
+            new.operations.append(vvfs.node.mirrors._record(op.pool.device(device).uuid, None,
                                                       "returning"))
             return mgr._commit(op, new)
 
@@ -381,7 +381,7 @@ def env(root: Path) -> Env:
 
 def assert_repaired_clean(env: Env) -> None:
     """--repair fixes everything (exit 1), then a new run is clean (exit 0)."""
-    from vvfs import fsck
+    from vvfsck import fsck
 
     fixed = env.repair()
     assert fixed.rc == fsck.EXIT_FOUND, fixed.out + fixed.err

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import mapper
-from vvfs.api import Manager
+from vvfs.control.manager import Manager
 
 MiB = 1 << 20
 GiB = 1 << 30

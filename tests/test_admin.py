@@ -1,4 +1,4 @@
-"""The admin API (vvfs.admin) and its client (vvfs.client) against a stand-in node.
+"""The admin API (vvfs.node.admin) and its client (vvfs.node.client) against a stand-in node.
 
 The stand-in node is a real object: a real Manager on a real state directory
 and a pool on sparse files, holding the state directory's lock like the real
@@ -29,17 +29,10 @@ import mapper
 from metadata.errors import ConfigError, VVError
 from metadata.model import Pool
 from tools.common import exit_code_for
-from vvfs import admin, codec
-from vvfs.api import Manager, PoolReport, PoolShow, RefusedError
-from vvfs.client import (
-    ManagerProxy,
-    NodeClient,
-    RemoteError,
-    node_socket,
-    open_manager,
-    remote_error,
-)
-from vvfs.state import LockedError
+from vvfs.control.manager import Manager, PoolReport, PoolShow
+from vvfs.errors import LockedError, RefusedError, RemoteError
+from vvfs.node import admin, codec
+from vvfs.node.client import ManagerProxy, NodeClient, node_socket, open_manager, remote_error
 
 from .util import sparse_file
 
@@ -347,9 +340,11 @@ def test_exit_codes_agree_with_the_cli():
     from metadata.blockdev import DeviceIOError
     from metadata.errors import ChecksumError
 
-    for exc in (LockedError("x"), DeviceIOError("d", 0, "x"), ChecksumError("d", 0, "x"),
-                RefusedError("x"), ConfigError("x"), VVError("x")):
-        assert codec.exit_code_for(exc) == exit_code_for(exc)
+    # the node answers exc.exit_code (vvfs.errors); the command line exits with the same
+    for exc, code in ((LockedError("x"), 4), (DeviceIOError("d", 0, "x"), 3),
+                      (ChecksumError("d", 0, "x"), 3), (RefusedError("x"), 1),
+                      (ConfigError("x"), 1), (VVError("x"), 1)):
+        assert exc.exit_code == exit_code_for(exc) == code
 
 
 # ---------------------------------------------------------------------------

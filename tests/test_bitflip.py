@@ -13,7 +13,7 @@ import pytest
 
 from metadata import format as fmt
 from metadata import media
-from vvfs import fsck
+from vvfsck import fsck
 
 from .fsck_support import MemPool, mem_pool
 

@@ -8,10 +8,10 @@ import struct
 import trio
 import trio.testing
 
+from metadata import checksums
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID
-from vvfs import checksums
-from vvfs.checksums import BLOCK, ChecksumStore
-from vvfs.guard import RangeLock
+from vvfs.data.checksums import BLOCK, ChecksumStore
+from vvfs.data.guard import RangeLock
 
 MiB = 1 << 20
 E = 4 * MiB

@@ -434,8 +434,8 @@ def test_tables_are_printed(tank, vv):
 
 def test_device_with_a_newer_label_feature_is_named_not_ignored(tmp_path, tank, vv):
     from metadata import format as fmt
-    from metadata.blockdev import FileDevice
     from metadata.media import read_label
+    from vvfs.io.filedev import FileDevice
 
     with FileDevice(tank[1]) as dev:
         label, _ = read_label(dev)

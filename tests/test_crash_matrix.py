@@ -18,9 +18,9 @@ from collections.abc import Callable
 import pytest
 
 import mapper
-from vvfs import fsck
-from vvfs.api import Manager
-from vvfs.faultdev import Cut
+from vvfs.control.manager import Manager
+from vvfs.testing.faultdev import Cut
+from vvfsck import fsck
 
 from .fsck_support import (
     Env,
@@ -29,8 +29,8 @@ from .fsck_support import (
     metadata_regions,
     put_back,
     record_op,
-    root,
-    scratch,
+    root,  # noqa: F401 (a fixture)
+    scratch,  # noqa: F401 (a fixture)
 )
 
 OPS: dict[str, Callable[[Manager], object]] = {

@@ -1,8 +1,8 @@
 """The dirty log: its on-media format, the in-node log, the gate, and mirror geometry.
 
-Format tests run on :class:`vvfs.faultdev.MemoryDevice`; the in-node
-:class:`vvfs.mirror.DirtyLog` runs on a real file through
-:class:`vvfs.devio.DataDevice`.
+Format tests run on :class:`vvfs.testing.faultdev.MemoryDevice`; the in-node
+:class:`vvfs.data.mirror.DirtyLog` runs on a real file through
+:class:`vvfs.io.devio.DataDevice`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from mapper.placement import PlacementError
 from metadata import dirtylog
 from metadata.dirtylog import BITS_PER_BLOCK, BLOCK
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID, new_uuid
-from vvfs.devio import DataDevice, io_limiter
-from vvfs.faultdev import FaultyDevice, MemoryDevice
-from vvfs.mirror import RegionGate, load_log
+from vvfs.data.mirror import RegionGate, load_log
+from vvfs.io.devio import DataDevice, io_limiter
+from vvfs.testing.faultdev import FaultyDevice, MemoryDevice
 
 MiB = 1 << 20
 E = 4 * MiB
@@ -176,7 +176,7 @@ def _file_log(tmp_path: Path) -> tuple[Device, str]:
     path = str(tmp_path / "dev.img")
     with open(path, "wb") as f:
         f.truncate(d.size + 2 * E)
-    from metadata.blockdev import FileDevice
+    from vvfs.io.filedev import FileDevice
 
     with FileDevice(path) as f:
         dirtylog.init_log(f, d, E, POOL)
@@ -204,7 +204,7 @@ def test_marks_are_on_media_when_they_return_and_batch(tmp_path: Path) -> None:
     first, total, fast = trio.run(main)
     assert first < 10, f"50 concurrent marks took {first} log writes"
     assert total == first + 1 and fast == 1
-    from metadata.blockdev import FileDevice
+    from vvfs.io.filedev import FileDevice
 
     geo = dirtylog.geometry(d, E)
     assert geo is not None

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from metadata.blockdev import DeviceIOError, FileDevice
-from vvfs.faultdev import Cut, FaultyDevice, MemoryDevice, Recorder
+from metadata.blockdev import DeviceIOError
+from vvfs.io.filedev import FileDevice
+from vvfs.testing.faultdev import Cut, FaultyDevice, MemoryDevice, Recorder
 
 from .fsck_support import sparse
 

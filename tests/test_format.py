@@ -8,7 +8,7 @@ import pytest
 
 from metadata import format as fmt
 from metadata import media
-from metadata.blockdev import DeviceIOError, FileDevice
+from metadata.blockdev import DeviceIOError
 from metadata.errors import (
     BadMagicError,
     ChecksumError,
@@ -16,6 +16,7 @@ from metadata.errors import (
     UnsupportedFeatureError,
 )
 from metadata.model import Device, Pool, new_uuid
+from vvfs.io.filedev import FileDevice
 
 from .util import CrashAfterWrites, sparse_file
 

@@ -21,9 +21,9 @@ import trio
 from mapper.layout import VolumeMap
 from metadata.blockdev import DeviceIOError
 from metadata.model import Pool
-from vvfs.devio import DataDevice, io_limiter
-from vvfs.fs import ROOT, VolumeFS
-from vvfs.volio import PoolIO
+from vvfs.data.volio import PoolIO
+from vvfs.io.devio import DataDevice, io_limiter
+from vvfs.node.fs import ROOT, VolumeFS
 
 from .mountutil import MiB, TestPool, read_dev
 

@@ -14,9 +14,9 @@ import yaml
 import mapper
 from metadata import format as fmt
 from metadata import media
-from metadata.blockdev import FileDevice
 from metadata.model import Area, new_uuid
-from vvfs import fsck
+from vvfs.io.filedev import FileDevice
+from vvfsck import fsck
 
 from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     MDA,

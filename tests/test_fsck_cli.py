@@ -11,8 +11,8 @@ import yaml
 
 import mapper
 from metadata import format as fmt
-from vvfs import fsck
 from vvfs.state import StateDir
+from vvfsck import fsck
 
 from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     copy_sparse,
@@ -26,7 +26,6 @@ from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     sparse,
     vvfsck,
 )
-
 
 MAN = Path(__file__).resolve().parent.parent / "man" / "vvfsck.8"
 

@@ -14,11 +14,11 @@ import pytest
 import mapper
 from metadata import format as fmt
 from metadata import media
-from metadata.blockdev import FileDevice
 from metadata.catalog import Catalog, CatalogError
-from vvfs import fsck
-from vvfs.api import Manager
-from vvfs.faultdev import Cut, FaultyDevice
+from vvfs.control.manager import Manager
+from vvfs.io.filedev import FileDevice
+from vvfs.testing.faultdev import Cut, FaultyDevice
+from vvfsck import fsck
 
 from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     assert_repaired_clean,

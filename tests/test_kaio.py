@@ -1,4 +1,4 @@
-"""The kernel AIO engine (vvfs.kaio) under DataDevice, without a mount."""
+"""The kernel AIO engine (vvfs.io.kaio) under DataDevice, without a mount."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from vvfs import kaio
-from vvfs.devio import DataDevice, io_limiter
+from vvfs.io import kaio
+from vvfs.io.devio import DataDevice, io_limiter
 
 MiB = 1 << 20
 

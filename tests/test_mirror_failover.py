@@ -24,8 +24,8 @@ import pytest
 import mapper
 from mapper.layout import VolumeMap
 from metadata import dirtylog
-from vvfs import fsck
-from vvfs.mirror import MARK_AHEAD
+from vvfs.data.mirror import MARK_AHEAD
+from vvfsck import fsck
 
 from .faultfs import FaultFS, faultfs_mounted
 from .mountutil import (
@@ -47,7 +47,7 @@ VOLUME = 256 * MiB
 #: fio's working set: a corner of the volume, so that resync can be told apart
 FIO_SIZE = 32 * MiB
 NODE_OPTIONS = ("probe_interval=0", "resync_rate=0")
-#: bits a sequential stream sets ahead of itself (vvfs.mirror.MARK_AHEAD regions of 1 MiB)
+#: bits a sequential stream sets ahead of itself (vvfs.data.mirror.MARK_AHEAD regions of 1 MiB)
 AHEAD = MARK_AHEAD * MiB
 VVFSCK = str(BIN / "vvfsck")
 
@@ -197,7 +197,7 @@ def _dirty_region_offsets(pool: TestPool, tmp_path: Path) -> tuple[Any, list[int
     leg0 = next(d for d in p.devices if d.uuid == vol.segments[0].areas[0][0].device)
     geo = dirtylog.geometry(leg0, p.extent_size)
     assert geo is not None
-    from metadata.blockdev import FileDevice
+    from vvfs.io.filedev import FileDevice
 
     with FileDevice(_readable(leg0.paths[0], tmp_path), readonly=True) as dev:
         image = dirtylog.read_log(dev, geo, p.uuid, leg0.uuid)
@@ -489,7 +489,7 @@ def test_a_device_missing_at_start_comes_back_by_itself(tmp_path: Path) -> None:
 
 def _failure(pool: TestPool, device: str) -> tuple[str, str]:
     """(state, failure) of *device* in the committed configuration (through the node, if any)."""
-    from vvfs.client import open_manager
+    from vvfs.node.client import open_manager
 
     with open_manager(pool.state) as mgr:
         d = mgr.show_pool(pool.name).pool.device(device)
@@ -578,7 +578,7 @@ def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -
 
 def test_a_split_brain_is_seen_after_the_rings_wrapped(tmp_path: Path) -> None:
     """Offline, each device alone on its own host; then many commits on one side."""
-    from vvfs.api import Manager
+    from vvfs.control.manager import Manager
 
     pool = TestPool(tmp_path, devices=2)
     pool.create_volume("m", 16 * MiB, mirrors=2)

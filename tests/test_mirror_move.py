@@ -23,13 +23,13 @@ import trio
 from mapper import move as moves
 from mapper.layout import VolumeMap
 from metadata import dirtylog
-from metadata.blockdev import FileDevice
 from metadata.model import DeviceUUID, Pool
-from vvfs import checksums
-from vvfs.checksums import ChecksumStore
-from vvfs.devio import DataDevice, io_limiter
-from vvfs.guard import MoveShadow, PoolGuard
-from vvfs.mirror import PoolMirror
+from vvfs.data import checksums
+from vvfs.data.checksums import ChecksumStore
+from vvfs.data.guard import MoveShadow, PoolGuard
+from vvfs.data.mirror import PoolMirror
+from vvfs.io.devio import DataDevice, io_limiter
+from vvfs.io.filedev import FileDevice
 
 from .mountutil import MiB, TestPool, mounted, wait_until
 from .test_mirror_failover import (
@@ -174,7 +174,7 @@ def test_a_crash_resync_does_not_spread_a_torn_block_of_leg_0(tmp_path: Path) ->
 
 
 def _node_move(pool: TestPool) -> dict[str, Any]:
-    from vvfs.client import open_manager
+    from vvfs.node.client import open_manager
 
     with open_manager(pool.state) as mgr:
         return mgr.move_status(pool.name)  # type: ignore[no-any-return]
@@ -233,7 +233,7 @@ def test_a_move_is_refused_while_a_device_is_failed(tmp_path: Path) -> None:
 
 
 def _config_through_node(pool: TestPool) -> dict[str, Any]:
-    from vvfs.client import open_manager
+    from vvfs.node.client import open_manager
 
     with open_manager(pool.state) as mgr:
         return mgr.show_pool(pool.name).pool.to_dict()  # type: ignore[no-any-return]
@@ -244,7 +244,7 @@ def _config_through_node(pool: TestPool) -> dict[str, Any]:
 
 
 def _scrub_status(pool: TestPool) -> dict[str, Any]:
-    from vvfs.client import open_manager
+    from vvfs.node.client import open_manager
 
     with open_manager(pool.state) as mgr:
         return mgr.scrub_status(f"{pool.name}/m")  # type: ignore[no-any-return]

@@ -24,11 +24,11 @@ import trio
 from mapper.layout import VolumeMap
 from metadata.blockdev import DeviceIOError
 from metadata.model import DeviceUUID, Pool, PoolUUID
-from vvfs.checksums import ChecksumStore
-from vvfs.devio import DataDevice, io_limiter
-from vvfs.guard import PoolGuard
-from vvfs.mirror import PoolMirror
-from vvfs.volio import VolumeIO
+from vvfs.data.checksums import ChecksumStore
+from vvfs.data.guard import PoolGuard
+from vvfs.data.mirror import PoolMirror
+from vvfs.data.volio import VolumeIO
+from vvfs.io.devio import DataDevice, io_limiter
 
 from .mountutil import MiB, TestPool, mounted, require
 from .test_mirror_failover import (

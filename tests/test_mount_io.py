@@ -54,7 +54,7 @@ def test_fio_verify_passes(io_node: MountedNode, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["lin", "mir"])
 def test_fio_verify_passes_with_direct_backing(fresh_pool: TestPool, name: str) -> None:
-    """``-o backing=direct``: device calls go through kernel AIO (vvfs.kaio).
+    """``-o backing=direct``: device calls go through kernel AIO (vvfs.io.kaio).
 
     The first pass writes sparse files (AIO refuses to allocate on the loop
     thread: worker threads); the verify pass and the second run reread and

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tools import common
-from vvfs import fsck
-from vvfs.client import open_manager
+from vvfs.node.client import open_manager
+from vvfsck import fsck
 
 from .mountutil import BIN, MiB, TestPool, mounted, require, run, wait_until
 

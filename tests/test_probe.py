@@ -1,4 +1,4 @@
-"""Tests of vvfs.probe on real signatures made by real tools.
+"""Tests of vvfs.io.probe on real signatures made by real tools.
 
 Every image is a sparse file under pytest's ``tmp_path``. Signatures come
 from the real mkfs, partitioning and LVM tools; the md and ZFS ones, whose
@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 import pytest
 
-from vvfs import probe
-from vvfs.probe import (
-    ProbeError,
+from vvfs.errors import ProbeError
+from vvfs.io import probe
+from vvfs.io.probe import (
     Signature,
     device_size,
     foreign_signatures,

@@ -1,6 +1,6 @@
 """Scrub through a real mount: a bit flip in one leg is found, named and repaired.
 
-Also the pure block verdicts of ``vvfs.checksums.judge`` and the checksum region
+Also the pure block verdicts of ``vvfs.data.checksums.judge`` and the checksum region
 that a new pool's devices get.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 from mapper.layout import VolumeMap
-from vvfs import checksums
-from vvfs.checksums import judge
+from vvfs.data import checksums
+from vvfs.data.checksums import judge
 
 from .mountutil import MiB, TestPool, fio, mounted, require
 

@@ -23,9 +23,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import mapper
 from metadata.errors import ConfigError
 from metadata.model import Pool
-from vvfs import fsck
-from vvfs.api import ApiError, Manager
-from vvfs.faultdev import Cut
+from vvfs.control.manager import Manager
+from vvfs.errors import ApiError
+from vvfs.testing.faultdev import Cut
+from vvfsck import fsck
 
 from .fsck_support import catalog_pool, make_env, media_choice, record_op
 

@@ -17,9 +17,9 @@ import pytest
 
 import mapper
 from mapper.layout import VolumeMap
-from metadata.blockdev import FileDevice, zero_range
-from vvfs import checksums
-from vvfs.faultdev import MemoryDevice
+from vvfs.data import checksums
+from vvfs.io.filedev import FileDevice, zero_range
+from vvfs.testing.faultdev import MemoryDevice
 
 from .mountutil import MiB, TestPool, loop_device, mounted, require
 

@@ -16,14 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from mapper.units import SizeError, parse_size
-from metadata.blockdev import DeviceIOError
-from metadata.errors import MediaError, VVError
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # the request was refused or failed; nothing changed
-EXIT_USAGE = 2  # bad command line (click's own status for usage errors)
-EXIT_IO = 3  # a device could not be read or written, or its media is damaged
-EXIT_LOCKED = 4  # another vv command or a running node holds the state directory
+from vvfs.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, VVError  # noqa: F401 (EXIT_USAGE for tools)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,16 +30,8 @@ class QuietError(Exception):
 
 
 def exit_code_for(exc: BaseException) -> int:
-    from vvfs.state import LockedError
-
-    remote = getattr(exc, "exit_code", None)  # a refusal by the running node (vvfs.client)
-    if isinstance(remote, int):
-        return remote
-    if isinstance(exc, LockedError):
-        return EXIT_LOCKED
-    if isinstance(exc, (DeviceIOError, MediaError)):
-        return EXIT_IO
-    return EXIT_FAILED
+    """The exit status for *exc*: its class says it (see :mod:`vvfs.errors`)."""
+    return exc.exit_code if isinstance(exc, VVError) else EXIT_FAILED
 
 
 def run_cli(group: click.Group, prog: str) -> None:
@@ -127,15 +112,15 @@ def setup_logging(verbose: int) -> None:
 def pass_manager(f: F) -> F:
     """Give the command a Manager for --state-dir, closed afterwards.
 
-    When a node runs on the state directory this is a vvfs.client.ManagerProxy
-    whose calls go through the node's admin socket; else a vvfs.api.Manager
+    When a node runs on the state directory this is a vvfs.node.client.ManagerProxy
+    whose calls go through the node's admin socket; else a vvfs.control.manager.Manager
     working on the media directly.
     """
 
     @state_dir_option
     @functools.wraps(f)
     def wrapper(*args: Any, state_dir: str | None, **kwargs: Any) -> Any:
-        from vvfs.client import open_manager
+        from vvfs.node.client import open_manager
 
         with open_manager(state_dir) as mgr:
             return f(mgr, *args, **kwargs)

@@ -67,7 +67,7 @@ LOG_NAME = "node.log"
 
 @dataclass
 class MountOptions:
-    """What ``-o`` says, ready for :class:`vvfs.node.Node`."""
+    """What ``-o`` says, ready for :class:`vvfs.node.node.Node`."""
 
     state_dir: str | None = None
     readonly: bool = False
@@ -203,7 +203,7 @@ def _run_node(mountpoint: str, pools: list[str], opts: MountOptions, ready_fd: i
     import trio
 
     from metadata.errors import VVError
-    from vvfs.node import Node, unwrap_group
+    from vvfs.node.node import Node, unwrap_group
 
     live = False
 
@@ -248,7 +248,7 @@ def _run_node(mountpoint: str, pools: list[str], opts: MountOptions, ready_fd: i
 
 def node_pid(state_dir: str | None, mountpoint: str) -> int | None:
     """Pid of the node serving *mountpoint* per STATE_DIR/node.pid, if alive."""
-    from vvfs.node import PID_FILE
+    from vvfs.node.node import PID_FILE
     from vvfs.state import resolve_state_dir
 
     try:
@@ -270,7 +270,7 @@ def _alive(pid: int) -> bool:
 
 
 def is_vvfs_mount(mountpoint: str) -> bool:
-    from vvfs.discovery import vvfs_mountpoints
+    from vvfs.io.discovery import vvfs_mountpoints
 
     return mountpoint in vvfs_mountpoints()
 

@@ -1,6 +1,6 @@
 """`vvfsck`: offline check and repair of vvfs pools (see man/vvfsck.8).
 
-Only the command line lives here; the checks are in :mod:`vvfs.fsck`.
+Only the command line lives here; the checks are in :mod:`vvfsck.fsck`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import yaml
 
 from metadata.catalog import Catalog, CatalogError
 from metadata.errors import VVError
-from vvfs import fsck
-from vvfs.discovery import candidate_paths
-from vvfs.state import CONFIG_NAME, LockedError, StateDir, resolve_state_dir
+from vvfs.errors import LockedError
+from vvfs.io.discovery import candidate_paths
+from vvfs.state import CONFIG_NAME, StateDir, resolve_state_dir
+from vvfsck import fsck
 
 from .common import setup_logging, state_dir_option
 

@@ -24,18 +24,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from metadata.errors import VVError
+from vvfs.errors import LockedError, StateError
 
 DEFAULT_STATE_DIR = "/var/lib/vvfs"
 CONFIG_NAME = "vvfs.yaml"
-
-
-class StateError(VVError):
-    pass
-
-
-class LockedError(VVError):
-    """Another vv command or a running node holds the state directory's lock."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The admin API's wire format: API values to JSON and back, and error codes.
 
-Both ends of the admin socket (:mod:`vvfs.admin`, :mod:`vvfs.client`) use
-this module, so that a :class:`vvfs.api.Manager` call made through a running
+Both ends of the admin socket (:mod:`vvfs.node.admin`, :mod:`vvfs.node.client`) use
+this module, so that a :class:`vvfs.control.manager.Manager` call made through a running
 node takes and returns exactly the values it would offline.
 
 Encoding
@@ -34,16 +34,14 @@ from collections.abc import Callable
 from typing import Any
 
 import mapper
-from metadata.blockdev import DeviceIOError
-from metadata.errors import ConfigError, MediaError, VVError
+from metadata.errors import ConfigError
 from metadata.model import Area, Device, Pool, Segment, Volume
-
-from .api import PoolReport, PoolShow
-from .state import LockedError
+from vvfs.control.manager import PoolReport, PoolShow
+from vvfs.errors import CodecError
 
 TAG = "$type"
 
-#: The :class:`vvfs.api.Manager` methods callable through the admin socket:
+#: The :class:`vvfs.control.manager.Manager` methods callable through the admin socket:
 #: every public method a ``vv`` command uses, nothing else.
 API_METHODS: frozenset[str] = frozenset({
     "create_pool", "create_volumes", "list_pools", "show_pool", "export_pool", "import_pool",
@@ -57,24 +55,6 @@ API_METHODS: frozenset[str] = frozenset({
 })
 
 # Exit statuses of the command lines (the same numbers as tools/common.py).
-EXIT_FAILED = 1
-EXIT_IO = 3
-EXIT_LOCKED = 4
-
-
-class CodecError(VVError):
-    """A value cannot be encoded, or a document is not a valid encoding."""
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The exit status a command line gives for *exc* (see tools/common.py)."""
-    if isinstance(exc, LockedError):
-        return EXIT_LOCKED
-    if isinstance(exc, (DeviceIOError, MediaError)):
-        return EXIT_IO
-    return EXIT_FAILED
-
-
 # ---------------------------------------------------------------------------
 # per-type encoders and decoders
 

@@ -18,7 +18,7 @@ Device states in memory
 A device fails when a call of a mirrored volume returns an error in
 :data:`FAILURE_ERRNOS` (EIO, or a vanished device: ENXIO, ENODEV, ENOENT,
 EBADF, ENOTCONN ... -- after every path of it failed, see
-:mod:`vvfs.devio`), or when a mirrored write must skip a device that is
+:mod:`vvfs.io.devio`), or when a mirrored write must skip a device that is
 not open.  Errors of linear or striped volumes are passed to the host as
 EIO and fail nothing: there is no other copy to go on with.
 
@@ -73,7 +73,7 @@ region it locks the region and its copies on the other legs in the gate
 (new writes wait, writes in flight are waited for), reads it from every
 leg on a device that is ok (not resyncing, not a target) -- where those
 differ, each block is judged by its stored checksums
-(:func:`vvfs.checksums.judge`; without checksums the first leg wins) --
+(:func:`vvfs.data.checksums.judge`; without checksums the first leg wins) --
 writes the result to the live legs that do not hold it (and to a running
 move's destination, see :meth:`PoolMirror._forward`), refreshes the block
 checksums of every leg, and -- after the targets were flushed and if no
@@ -112,9 +112,8 @@ from metadata import dirtylog
 from metadata.blockdev import DeviceIOError
 from metadata.dirtylog import LogGeometry, LogImage
 from metadata.model import DeviceUUID, Pool
-
-from .checksums import BLOCK, ENTRY, block_crcs, judge, pack
-from .devio import IOV_MAX, PATH_ERRNOS, DataDevice
+from vvfs.data.checksums import BLOCK, ENTRY, block_crcs, judge, pack
+from vvfs.io.devio import IOV_MAX, PATH_ERRNOS, DataDevice
 
 log = logging.getLogger(__name__)
 
@@ -579,12 +578,12 @@ class PoolMirror:
         #: held by a resync job from start to end, and by a move around each
         #: extent it copies: the two never write the same bytes at once
         self.copy_lock = trio.Lock()
-        #: the pool's write guard (vvfs.guard.PoolGuard): a move's shadow
+        #: the pool's write guard (vvfs.data.guard.PoolGuard): a move's shadow
         self.guard: Any = None
         #: regions of writes that ended part-way (cancelled, or an error that
         #: fails no device): never cleaned, only resynced
         self.suspect: set[Key] = set()
-        #: the pool's block-checksum store (vvfs.checksums), refreshed by resync
+        #: the pool's block-checksum store (vvfs.data.checksums), refreshed by resync
         self.checksums: Any = None
         self.stats = MirrorStats()
 
@@ -1300,7 +1299,7 @@ class PoolMirror:
 
         Reads every readable leg that is not a target; where they agree,
         that is the data, where they differ each block is judged by its
-        stored checksums (:func:`vvfs.checksums.judge`).  Writes the data
+        stored checksums (:func:`vvfs.data.checksums.judge`).  Writes the data
         to every live leg that does not hold it yet, and to a move's
         destination where such a leg is being moved (:meth:`_forward`).
         Returns (every leg holds it now, bytes copied: 0 when there was
@@ -1415,7 +1414,7 @@ class PoolMirror:
         """Write *data*, just written to legs *written*, to a move's destination of those legs.
 
         While a move is recorded, bytes that land on a moving run must reach
-        its destination too, like a host write's (:mod:`vvfs.guard`); the
+        its destination too, like a host write's (:mod:`vvfs.data.guard`); the
         move copies no extent meanwhile (it holds :attr:`copy_lock`, as
         resync does).  A destination that fails fails the move, not the
         resync.  Returns (device, byte, offset in *data*, length) of each

@@ -7,7 +7,7 @@ owner, group and mode and one link; it cannot be created, removed, renamed,
 truncated or chmod'ed through the mount -- that is what ``vv`` is for.
 
 Handlers are thin: they log at debug level, translate arguments, delegate to
-:mod:`vvfs.volio` and turn domain errors into ``FUSEError`` (only here).
+:mod:`vvfs.data.volio` and turn domain errors into ``FUSEError`` (only here).
 Anything unexpected propagates, and pyfuse3 ends the main loop with it.
 
 Inode numbers are given out once per pool or volume uuid and never reused
@@ -42,8 +42,8 @@ from pyfuse3 import FUSEError
 
 from metadata.blockdev import DeviceIOError
 from metadata.model import PoolUUID, Volume, VolumeUUID
-
-from .volio import NoSpaceError, PoolChange, PoolIO, VolumeIO
+from vvfs.data.volio import PoolChange, PoolIO, VolumeIO
+from vvfs.errors import NoSpaceError
 
 log = logging.getLogger(__name__)
 

@@ -72,9 +72,10 @@ from typing import Any, Protocol
 
 import mapper
 import mapper.move
+from mapper.mirrors import RESYNC_KIND
 from metadata import format as fmt
 from metadata import media
-from metadata.blockdev import BlockDevice, DeviceIOError, FileDevice
+from metadata.blockdev import BlockDevice, DeviceIOError
 from metadata.catalog import Catalog, CatalogError
 from metadata.errors import (
     ConfigError,
@@ -84,8 +85,8 @@ from metadata.errors import (
     VVError,
 )
 from metadata.model import Area, Device, Pool, Segment, Volume
-
-from .resync import RECORD_KIND as RESYNC_KIND
+from vvfs.errors import FsckError
+from vvfs.io.filedev import FileDevice
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,6 @@ STAGE_CATALOG = 3
 MAX_PASSES = 8
 COPY = ("A", "B")
 DEEP_CHUNK = 1 << 20
-
-
-class FsckError(VVError):
-    """vvfsck cannot run at all (exit status 4): nothing was checked or changed."""
 
 
 # ---------------------------------------------------------------------------

@@ -61,7 +61,7 @@ resumes it.  Offline (no node) a move cannot run; an abort works offline.
 Jobs
 ----
 :class:`Jobs` is the node's owner of this background work (moves here,
-scrubs in :mod:`vvfs.scrub`) and of the write guards (:mod:`vvfs.guard`):
+scrubs in :mod:`vvfs.node.scrub`) and of the write guards (:mod:`vvfs.data.guard`):
 the node calls :meth:`Jobs.pool_changed` after it opened a pool or applied
 a new configuration, and :meth:`Jobs.pool_dropped` before it closes a
 pool's devices.  Manager calls reach it from their worker thread through
@@ -83,14 +83,14 @@ from mapper import move as moves
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
 from metadata.model import DeviceUUID, Pool, PoolUUID
-
-from .checksums import BLOCK, ChecksumStore
-from .guard import MoveShadow, PoolGuard
-from .mirror import PoolMirror, is_failure
+from vvfs.data.checksums import BLOCK, ChecksumStore
+from vvfs.data.guard import MoveShadow, PoolGuard
+from vvfs.data.mirror import PoolMirror, is_failure
+from vvfs.errors import JobError
 
 if TYPE_CHECKING:
-    from .api import Manager
-    from .volio import PoolIO
+    from vvfs.control.manager import Manager
+    from vvfs.data.volio import PoolIO
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,6 @@ CHECKPOINT_SECONDS = 2.0
 #: VVFS_BENCH_NO_GUARD=1 serves volumes without write guards -- no checksums,
 #: no moves -- only to measure what the guard costs (bench/, the README)
 BENCH_NO_GUARD = os.environ.get("VVFS_BENCH_NO_GUARD") == "1"
-
-
-class JobError(VVError):
-    """Background work cannot be started or reached."""
 
 
 def emit(node: Any, pool_uuid: str, kind: str, severity: str, obj: str, message: str) -> None:
@@ -352,7 +348,7 @@ class Jobs:
         self.node = node
         self.guards: dict[PoolUUID, PoolGuard] = {}
         self.moves: dict[PoolUUID, MoveTask] = {}
-        #: (pool uuid, volume uuid) -> vvfs.scrub.ScrubTask
+        #: (pool uuid, volume uuid) -> vvfs.node.scrub.ScrubTask
         self.scrubs: dict[tuple[str, str], Any] = {}
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -464,7 +460,7 @@ class Jobs:
 
 
 # ---------------------------------------------------------------------------
-# Manager side (called from vvfs.api.Manager methods, in a worker thread when in a node)
+# Manager side (called from vvfs.control.manager.Manager methods, in a worker thread when in a node)
 
 
 def _jobs(mgr: Manager, what: str) -> Jobs:
@@ -492,7 +488,7 @@ def involved(pool: Pool, record: moves.MoveRecord) -> set[str]:
 
 def _refuse_degraded(mgr: Manager, pool: Pool, record: moves.MoveRecord) -> None:
     """RefusedError if a device the move involves is failed or being resynced."""
-    from .api import RefusedError
+    from vvfs.errors import RefusedError
 
     svc = getattr(mgr, "mirrors", None)
     devices = involved(pool, record)
@@ -515,7 +511,7 @@ def _start(mgr: Manager, pool_name: str, plan: Callable[[Pool], Pool]) -> dict[s
         try:
             new = plan(op.pool)
         except moves.MoveError as exc:
-            from .api import RefusedError
+            from vvfs.errors import RefusedError
 
             raise RefusedError(str(exc)) from None
         record = moves.find(new)
@@ -528,7 +524,7 @@ def _start(mgr: Manager, pool_name: str, plan: Callable[[Pool], Pool]) -> dict[s
 
 def move_volume(mgr: Manager, path: str, to: str | None, source: str | None,
                 abort: bool, rate: int = 0) -> dict[str, Any]:
-    from .api import ApiError
+    from vvfs.errors import ApiError
 
     pool_name, name = mgr._split(path)
     if abort:
@@ -545,7 +541,7 @@ def evacuate_device(mgr: Manager, pool_name: str, key: str, rate: int = 0) -> di
 
 def abort_move(mgr: Manager, pool_name: str, volume: str | None = None) -> dict[str, Any]:
     """Stop the pool's move (of *volume*, if named) and drop its record."""
-    from .api import NotFoundError
+    from vvfs.errors import NotFoundError
 
     with mgr._changing(pool_name) as op:
         record = moves.find(op.pool)

@@ -18,7 +18,7 @@ read, and each 4 KiB block is judged by :func:`judge`:
   entry;
 * legs differ: the leg whose data matches a stored entry is right (a bit
   flip in the other leg); if legs match different entries, or none matches,
-  leg 0 is taken (the resync rule; see :mod:`vvfs.checksums`, "Across a
+  leg 0 is taken (the resync rule; see :mod:`vvfs.data.checksums`, "Across a
   crash") and the finding says so;
 * a leg that cannot be read is a *read error*, repaired from a leg that can;
 * a leg on a device that is failed or being resynced is not compared (it is
@@ -54,14 +54,13 @@ import trio
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
 from metadata.model import DeviceUUID, PoolUUID, VolumeUUID
-
-from . import checksums
-from .checksums import BLOCK, Verdict, judge
+from vvfs.data import checksums
+from vvfs.data.checksums import BLOCK, Verdict, judge
 
 if TYPE_CHECKING:
-    from .api import Manager
-    from .move import Jobs
-    from .volio import PoolIO, VolumeIO
+    from vvfs.control.manager import Manager
+    from vvfs.data.volio import PoolIO, VolumeIO
+    from vvfs.node.jobs import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ class ScrubTask:
             self.finished.set()
         st = self.stats
         problems = st.data_errors + st.checksum_errors + st.read_errors
-        from .move import emit
+        from vvfs.node.jobs import emit
 
         emit(self.jobs.node, self.pio.uuid, "scrub-done", "warning" if problems > st.repaired
              else "info", f"{self.pio.name}/{self.vio.name}",
@@ -319,7 +318,7 @@ class ScrubTask:
 
 
 async def _start(jobs: Jobs, pool_uuid: str, volume_uuid: str, repair: bool) -> dict[str, Any]:
-    from .api import NotFoundError, RefusedError
+    from vvfs.errors import NotFoundError, RefusedError
 
     pio = jobs.node.pools.get(PoolUUID(pool_uuid))
     vio = pio.volumes.get(VolumeUUID(volume_uuid)) if pio is not None else None
@@ -352,7 +351,7 @@ def _ids(mgr: Manager, path: str) -> tuple[str, str]:
 
 
 def scrub_volume(mgr: Manager, path: str, repair: bool) -> dict[str, Any]:
-    from .move import _jobs
+    from vvfs.node.jobs import _jobs
 
     jobs = _jobs(mgr, "scrub")
     pool_uuid, vol_uuid = _ids(mgr, path)
@@ -360,8 +359,8 @@ def scrub_volume(mgr: Manager, path: str, repair: bool) -> dict[str, Any]:
 
 
 def scrub_status(mgr: Manager, path: str) -> dict[str, Any]:
-    from .api import NotFoundError
-    from .move import _jobs
+    from vvfs.errors import NotFoundError
+    from vvfs.node.jobs import _jobs
 
     jobs = _jobs(mgr, "scrub")
     pool_uuid, vol_uuid = _ids(mgr, path)

@@ -8,8 +8,9 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from metadata.blockdev import DeviceIOError, FileDevice
+from metadata.blockdev import DeviceIOError
 from metadata.media import DeviceScan, scan_device
+from vvfs.io.filedev import FileDevice
 
 log = logging.getLogger(__name__)
 

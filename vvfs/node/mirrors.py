@@ -1,10 +1,10 @@
 """Failures, returns, resync and replacement of devices: the node's service and the API side.
 
 The data path of mirrors (degraded writes, the dirty log, read policies, the
-resync engine) is :mod:`vvfs.mirror`.  This module is what drives it:
+resync engine) is :mod:`vvfs.data.mirror`.  This module is what drives it:
 
 :class:`Mirrors` (one per node)
-    Creates a :class:`~vvfs.mirror.PoolMirror` for every pool the node
+    Creates a :class:`~vvfs.data.mirror.PoolMirror` for every pool the node
     opens and attaches it to the pool's volumes; runs the background tasks
     in the node's nursery: the **event writer** (events reach the catalog
     from a queue, in a worker thread, never on a FUSE request's path), the
@@ -17,7 +17,7 @@ resync engine) is :mod:`vvfs.mirror`.  This module is what drives it:
     brought back when its label answers; a device that failed with EIO, a
     sick disk, waits for ``vv device online``; and a failed *path* of a
     device in service is used again once it carries the device's label,
-    see :meth:`vvfs.devio.DataDevice.restore_path`) and the **resync jobs**.
+    see :meth:`vvfs.io.devio.DataDevice.restore_path`) and the **resync jobs**.
 
 A mirror leg not found when the node opens its pool (or applies a new
 configuration) fails at once as vanished (ENOENT): recorded in the stale
@@ -60,7 +60,7 @@ device named stale by another device's log is resynced before it is read.
 
 API side
 --------
-The functions at the bottom implement the :class:`vvfs.api.Manager`
+The functions at the bottom implement the :class:`vvfs.control.manager.Manager`
 methods: with a node (``mgr.mirrors`` set) they commit and leave the work
 to it; offline they run the same resync engine in a private trio loop
 (:func:`run_offline`), holding the state directory's lock.
@@ -80,19 +80,21 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from mapper import mirrors as mmirrors
+from mapper.mirrors import RESYNC_KIND, resync_records
 from metadata import dirtylog, media
 from metadata import format as fmt
-from metadata.blockdev import DeviceIOError, FileDevice
+from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
 from metadata.model import DeviceUUID, Pool, PoolUUID, Volume
-
-from .devio import DataDevice, io_limiter
-from .discovery import candidate_paths
-from .mirror import PoolMirror, ResyncJob
+from vvfs.data.mirror import PoolMirror, ResyncJob
+from vvfs.errors import DivergedError, MissingError, ResyncError
+from vvfs.io.devio import DataDevice, io_limiter
+from vvfs.io.discovery import candidate_paths
+from vvfs.io.filedev import FileDevice
 
 if TYPE_CHECKING:
-    from .api import Manager
-    from .volio import PoolIO
+    from vvfs.control.manager import Manager
+    from vvfs.data.volio import PoolIO
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +103,10 @@ DEFAULT_RATE = 256 << 20
 #: Default seconds between probes of vanished devices (``-o probe_interval=``; 0 = none).
 DEFAULT_PROBE_INTERVAL = 5.0
 CLEAN_INTERVAL = 2.5
-RECORD_KIND = "resync"
 SEVERITIES = {"device-failed": "error", "volume-degraded": "warning", "path-failed": "warning",
               "device-returned": "info", "resync-progress": "info", "resync-done": "info",
               "resync-failed": "error", "config-changed": "info", "path-returned": "info",
               "device-diverged": "error"}
-
-
-class ResyncError(VVError):
-    """A resync, return or replacement cannot be done as asked."""
-
-
-class MissingError(ResyncError):
-    """A mirror leg was not found when its pool was opened (a vanished device: ENOENT)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.errno = errno.ENOENT
-
-
-def resync_records(pool: Pool) -> list[dict[str, Any]]:
-    return [op for op in pool.operations
-            if isinstance(op, dict) and op.get("kind") == RECORD_KIND and op.get("device")]
 
 
 # ---------------------------------------------------------------------------
@@ -675,7 +659,7 @@ def record_commit(mgr: Manager, old: Pool | None, new: Pool) -> None:
 
 
 # ---------------------------------------------------------------------------
-# API side (vvfs.api.Manager methods)
+# API side (vvfs.control.manager.Manager methods)
 
 
 def _service(mgr: Manager) -> Mirrors | None:
@@ -724,13 +708,13 @@ def device_paths(mgr: Manager, pool_name: str, key: str, add: str | None,
         if add is not None:
             add = os.path.abspath(add)
             if add in paths:
-                from .api import RefusedError
+                from vvfs.errors import RefusedError
 
                 raise RefusedError(f"{add} is already a path of device {dev.name}")
             try:
                 _check_label(add, op.pool.uuid, dev.uuid)
             except ResyncError as exc:
-                from .api import RefusedError
+                from vvfs.errors import RefusedError
 
                 raise RefusedError(f"{exc}; only another path to device {dev.name} can be"
                                    " added") from None
@@ -738,11 +722,11 @@ def device_paths(mgr: Manager, pool_name: str, key: str, add: str | None,
         if remove is not None:
             remove = os.path.abspath(remove)
             if remove not in paths:
-                from .api import NotFoundError
+                from vvfs.errors import NotFoundError
 
                 raise NotFoundError(f"{remove} is not a path of device {dev.name}")
             if len(paths) == 1:
-                from .api import RefusedError
+                from vvfs.errors import RefusedError
 
                 raise RefusedError(f"{remove} is the only path of device {dev.name}")
             paths.remove(remove)
@@ -801,10 +785,6 @@ def online_device(mgr: Manager, pool_name: str, key: str, rate: int | None,
         return _online(mgr, pool_name, key, rate, discard_divergent)
 
 
-class DivergedError(ResyncError):
-    """A failed device was written apart from the pool (a split brain): not brought back as is."""
-
-
 def _online(mgr: Manager, pool_name: str, key: str, rate: int | None,
             discard_divergent: bool = False) -> dict[str, Any]:
     svc = _service(mgr)
@@ -815,13 +795,13 @@ def _online(mgr: Manager, pool_name: str, key: str, rate: int | None,
         if dev.state != "failed" and not failed_here:
             if svc is not None and svc.is_busy(op.pool.uuid, dev.uuid):
                 return {"device": dev.name, "state": "resyncing"}
-            from .api import RefusedError
+            from vvfs.errors import RefusedError
 
             raise RefusedError(f"device {dev.name} has not failed; 'vv device resync"
                                f" {pool_name}' resyncs dirty ranges")
         path = _locate(mgr, op, dev)
         if path is None:
-            from .api import RefusedError
+            from vvfs.errors import RefusedError
 
             raise RefusedError(f"device {dev.name} cannot be found: no readable label on its"
                                f" paths ({', '.join(dev.paths) or 'none'}) or the search paths")
@@ -912,7 +892,7 @@ def _locate(mgr: Manager, op: Any, dev: Any) -> str | None:
             _check_label(path, op.pool.uuid, dev.uuid)
             op.paths[dev.uuid] = path
             return str(path)
-    from .discovery import discover
+    from vvfs.io.discovery import discover
 
     found = discover(mgr.state.config.search_paths, skip=list(op.paths.values()))
     try:
@@ -926,7 +906,7 @@ def _locate(mgr: Manager, op: Any, dev: Any) -> str | None:
 
 
 def _record(device: str, rate: int | None, reason: str) -> dict[str, Any]:
-    rec: dict[str, Any] = {"kind": RECORD_KIND, "id": device, "device": device,
+    rec: dict[str, Any] = {"kind": RESYNC_KIND, "id": device, "device": device,
                            "reason": reason, "started": time.time()}
     if rate:
         rec["rate"] = rate
@@ -938,7 +918,7 @@ def finish_resync(mgr: Manager, pool_name: str, key: str) -> dict[str, Any]:
         dev = op.pool.device(key)
         new = op.pool.copy()
         new.operations = [o for o in new.operations
-                          if not (isinstance(o, dict) and o.get("kind") == RECORD_KIND
+                          if not (isinstance(o, dict) and o.get("kind") == RESYNC_KIND
                                   and o.get("device") == dev.uuid)]
         new.device(dev.uuid).state = "ok"
         new.device(dev.uuid).failure = ""
@@ -995,7 +975,7 @@ def replace_device(mgr: Manager, pool_name: str, old: str, new_path: str, force:
 
 def _replace(mgr: Manager, pool_name: str, old: str, new_path: str, force: bool,
              rate: int | None) -> dict[str, Any]:
-    from .api import RefusedError
+    from vvfs.errors import RefusedError
 
     svc = _service(mgr)
     with mgr._changing(pool_name, allow_missing=True) as op:
@@ -1090,7 +1070,7 @@ def run_offline(mgr: Manager, op: Any, targets: set[str], rate: int | None, kind
             for t in targets:
                 if t not in devs:
                     raise ResyncError(f"device {t} cannot be opened")
-            from .checksums import ChecksumStore
+            from vvfs.data.checksums import ChecksumStore
 
             pm = PoolMirror(pool, devs, emit=emit)
             pm.checksums = ChecksumStore(pool, devs)

@@ -1,6 +1,6 @@
 """The node's admin API: HTTP/JSON on a Unix socket of mode 0600 (SPEC F7.1).
 
-The running node serves this so that ``vv`` (through :mod:`vvfs.client`)
+The running node serves this so that ``vv`` (through :mod:`vvfs.node.client`)
 changes pools while they are mounted.  Endpoints -- and nothing else:
 
 ``GET /v1/health``
@@ -16,9 +16,9 @@ changes pools while they are mounted.  Endpoints -- and nothing else:
     each new event as it is recorded, until the client goes away or the
     node stops.
 ``POST /v1/call/METHOD``
-    Body: a JSON object of keyword arguments, encoded by :mod:`vvfs.codec`.
-    Runs the :class:`vvfs.api.Manager` method METHOD (only those in
-    :data:`vvfs.codec.API_METHODS`) through ``node.call`` and answers 200
+    Body: a JSON object of keyword arguments, encoded by :mod:`vvfs.node.codec`.
+    Runs the :class:`vvfs.control.manager.Manager` method METHOD (only those in
+    :data:`vvfs.node.codec.API_METHODS`) through ``node.call`` and answers 200
     ``{"result": ENCODED}``.
 
 Every failure answers ``{"error": ONE_LINE, "type": CLASS, "exit_code": N}``
@@ -64,12 +64,10 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from metadata.blockdev import DeviceIOError
-from metadata.errors import MediaError, VVError
-
-from . import codec
-from .api import Manager, NotFoundError
-from .state import LockedError
+from metadata.errors import VVError
+from vvfs.control.manager import Manager
+from vvfs.errors import AdminError
+from vvfs.node import codec
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +103,6 @@ class Node(Protocol):
     async def events(self, pool: str | None, since: int, limit: int) -> list[dict[str, Any]]: ...
 
     async def wait_events(self, timeout: float) -> None: ...
-
-
-class AdminError(VVError):
-    """The admin socket cannot be served."""
 
 
 class HTTPError(Exception):
@@ -173,9 +167,9 @@ class AdminApp:
                                        "type": "BadRequest", "exit_code": 1})
             return
         except VVError as exc:
-            await _respond(send, _http_status(exc), {"error": _one_line(exc),
+            await _respond(send, exc.http_status, {"error": _one_line(exc),
                                                      "type": type(exc).__name__,
-                                                     "exit_code": codec.exit_code_for(exc)})
+                                                     "exit_code": exc.exit_code})
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})
@@ -215,8 +209,8 @@ class AdminApp:
             result = await self.node.call(method, kwargs)
             return codec.encode(result)
         except VVError as exc:
-            raise HTTPError(_http_status(exc), _one_line(exc), type(exc).__name__,
-                            codec.exit_code_for(exc)) from None
+            raise HTTPError(exc.http_status, _one_line(exc), type(exc).__name__,
+                            exc.exit_code) from None
         except Exception as exc:
             log.exception("admin call %s failed", method)
             raise HTTPError(500, f"internal error in the node: {_one_line(exc)}",
@@ -247,16 +241,6 @@ def _arguments(method: str, body: Any) -> dict[str, Any]:
     except TypeError as exc:
         raise HTTPError(400, f"{method}: {exc}", "BadRequest") from None
     return kwargs
-
-
-def _http_status(exc: VVError) -> int:
-    if isinstance(exc, LockedError):
-        return 423
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, (DeviceIOError, MediaError)):
-        return 500
-    return 409
 
 
 def _one_line(exc: BaseException) -> str:

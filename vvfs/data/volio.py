@@ -4,15 +4,15 @@ A :class:`VolumeIO` turns a request on volume bytes into device calls:
 ``VolumeMap.resolve`` gives the pieces, pieces that continue each other on
 one device are merged into one vectored call (a stripe row, a run of linear
 segments), and the calls run concurrently on the node's
-:class:`~vvfs.devio.DataDevice` objects.  A :class:`PoolIO` holds one
+:class:`~vvfs.io.devio.DataDevice` objects.  A :class:`PoolIO` holds one
 pool's devices and volumes and swaps in new configurations.
 
 Concurrency (every statement holds between two ``await`` points of the one
 trio thread; no locks are needed or taken on this path):
 
 * **mirrored volumes** (``mirror`` set by the node and more than one leg):
-  reads, writes and flushes go to :class:`vvfs.mirror.PoolMirror` --
-  read policies, degraded mode, the dirty log; see :mod:`vvfs.mirror`.
+  reads, writes and flushes go to :class:`vvfs.data.mirror.PoolMirror` --
+  read policies, degraded mode, the dirty log; see :mod:`vvfs.data.mirror`.
   What follows is the path of the other volumes (and of mirrored ones
   when no mirror is attached, as in handler tests).
 * **read**: each piece is read from one leg -- round-robin over the legs per
@@ -26,7 +26,7 @@ trio thread; no locks are needed or taken on this path):
   reply.
 * **flush**: every device the volume maps is flushed concurrently; a device
   with no write completed since its last flush returns at once (see
-  ``vvfs.devio``).  So a flush covers every write that completed before it.
+  ``vvfs.io.devio``).  So a flush covers every write that completed before it.
 * **cancellation**: device calls run in worker threads that are never
   abandoned; a cancelled request returns only after its in-flight calls
   have finished.  Like a crash, a cancelled write may have reached some
@@ -50,19 +50,14 @@ import trio
 from mapper.alloc import usage
 from mapper.layout import Loc, Piece, VolumeMap
 from metadata.blockdev import DeviceIOError
-from metadata.errors import VVError
 from metadata.model import DeviceUUID, Pool, PoolUUID, Volume, VolumeUUID
-
-from .devio import IOV_MAX, DataDevice
+from vvfs.errors import NoSpaceError
+from vvfs.io.devio import IOV_MAX, DataDevice
 
 log = logging.getLogger(__name__)
 
 
 Job = Callable[[], Awaitable[None]]
-
-
-class NoSpaceError(VVError):
-    """A write starts at or beyond the end of the volume."""
 
 
 @dataclass
@@ -105,7 +100,7 @@ class VolumeIO:
         #: the pool's write guard (vvfs/guard.py: range locks, block checksums,
         #: a move's second copy), set by the node; VolumeFS.write goes through it
         self.guard: Any = None
-        #: the pool's vvfs.mirror.PoolMirror (set by the node): mirrored I/O
+        #: the pool's vvfs.data.mirror.PoolMirror (set by the node): mirrored I/O
         self.mirror: Any = None
 
     @property

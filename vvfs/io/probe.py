@@ -39,7 +39,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from metadata.errors import VVError
+from vvfs.errors import ProbeError
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,6 @@ _LOOP_INFO64 = struct.Struct(
     "208x"  # 24 lo_offset, lo_sizelimit, lo_number, flags, names, key: unused
 )
 assert _LOOP_INFO64.size == 232
-
-
-class ProbeError(VVError):
-    """A device cannot be probed: it is missing, of the wrong type, or a tool failed."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ never-written block could answer differently from one read to the next, and
 a scrub would report every such block as a data mismatch.  md and LVM raid1
 copy one leg over the others (an initial sync); vvfs zeroes every leg
 instead, which costs next to nothing: a hole punched in a file,
-``BLKZEROOUT`` on a block device (:meth:`metadata.blockdev.FileDevice.zero`).
+``BLKZEROOUT`` on a block device (:meth:`vvfs.io.filedev.FileDevice.zero`).
 
 Linear and striped volumes are not zeroed (as in LVM): a single copy has
 nothing to disagree with and keeps no checksums, and zeroing would make
@@ -31,7 +31,7 @@ Entries: ZERO_CRC, not 0
 ------------------------
 Both keep a scrub silent over never-written blocks: every leg holds zeros,
 and an entry of 0 says "no checksum" while one of ZERO_CRC matches the data
-(``vvfs.scrub.judge``, rule 1).  ZERO_CRC is chosen because it treats a
+(``vvfs.node.scrub.judge``, rule 1).  ZERO_CRC is chosen because it treats a
 never-written block like a written one: a later bit flip in one leg of it is
 found and repaired from the leg that still matches the entry (rule 2),
 where with 0 no leg would match and scrub would take leg 0, flipped or not.
@@ -74,15 +74,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import mapper
-from metadata.blockdev import BlockDevice, zero_range
+from metadata import checksums
+from metadata.blockdev import BlockDevice
+from metadata.checksums import BLOCK, ENTRY, ZERO_CRC
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID
-
-from . import checksums
-from .checksums import BLOCK, ENTRY, ZERO_CRC
+from vvfs.io.filedev import zero_range
 
 if TYPE_CHECKING:
-    from .api import Manager, OpenPool
-    from .move import Jobs
+    from vvfs.control.manager import Manager, OpenPool
+    from vvfs.node.jobs import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def zero_fresh_legs(mgr: Manager, op: OpenPool, new: Pool) -> None:
         DeviceUUID(s.device_uuid): s.dev for s in op.choice.scans if s.device_uuid}
     absent = sorted({new.device(dev).name for dev, _off, _n in ranges if dev not in devs})
     if absent:
-        from .api import RefusedError
+        from vvfs.errors import RefusedError
 
         raise RefusedError(f"pool {new.name}: devices {', '.join(absent)} are not open;"
                            " their new extents cannot be zeroed")

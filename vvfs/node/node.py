@@ -2,9 +2,9 @@
 
 A :class:`Node` holds the state directory's exclusive lock for its whole
 life (so offline ``vv`` commands cannot change a pool under it), opens the
-pools and their devices, mounts :class:`vvfs.fs.VolumeFS` and runs the
+pools and their devices, mounts :class:`vvfs.node.fs.VolumeFS` and runs the
 pyfuse3 main loop in trio, beside the admin API server when
-``vvfs.admin`` is installed.
+``vvfs.node.admin`` is installed.
 
 Management calls (:meth:`Node.call`) run one at a time (a ``trio.Lock``) in
 a worker thread, so that a commit's fsyncs never block the data path.  The
@@ -44,14 +44,14 @@ import trio
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
 from metadata.model import DeviceUUID, Pool, PoolUUID
-
-from .api import ApiError, Manager
-from .devio import DEFAULT_IO_THREADS, DataDevice, io_limiter
-from .discovery import candidate_paths
-from .fs import VolumeFS
-from .move import Jobs
-from .resync import DEFAULT_PROBE_INTERVAL, DEFAULT_RATE, Mirrors
-from .volio import PoolIO
+from vvfs.control.manager import Manager
+from vvfs.data.volio import PoolIO
+from vvfs.errors import ApiError, NodeError
+from vvfs.io.devio import DEFAULT_IO_THREADS, DataDevice, io_limiter
+from vvfs.io.discovery import candidate_paths
+from vvfs.node.fs import VolumeFS
+from vvfs.node.jobs import Jobs
+from vvfs.node.mirrors import DEFAULT_PROBE_INTERVAL, DEFAULT_RATE, Mirrors
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,6 @@ PID_FILE = "node.pid"
 #: Seconds to wait for the kernel's FUSE INIT after mounting.
 INIT_TIMEOUT = 30
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class NodeError(VVError):
-    """The node cannot start (mount point, pools, FUSE)."""
 
 
 @contextlib.contextmanager
@@ -115,7 +111,7 @@ class Node:
 
     *pools* are the names of the pools to serve (default: every imported
     pool, including those created or imported while running).  *direct*
-    opens backing devices with O_DIRECT (see :mod:`vvfs.devio`).
+    opens backing devices with O_DIRECT (see :mod:`vvfs.io.devio`).
     """
 
     def __init__(self, mountpoint: str, pools: Sequence[str] = (), *,
@@ -253,7 +249,7 @@ class Node:
 
     async def _start_admin(self, nursery: trio.Nursery) -> None:
         try:
-            from vvfs.admin import serve  # type: ignore[import-not-found,unused-ignore]
+            from vvfs.node.admin import serve  # type: ignore[import-not-found,unused-ignore]
         except ImportError as exc:
             log.warning("admin API not available (%s); serving without it", exc)
             return

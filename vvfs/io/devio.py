@@ -11,7 +11,7 @@ Cache modes (a constructor option, see ``bench/fio_basic.sh``):
   in the host page cache and :meth:`DataDevice.flush` is ``fdatasync``.
 * ``direct=True``: a second descriptor is opened with ``O_DIRECT``; requests
   whose offset and length are multiples of :data:`DIRECT_ALIGN` go through it,
-  first as kernel AIO submitted from the event loop (:mod:`vvfs.kaio`: no
+  first as kernel AIO submitted from the event loop (:mod:`vvfs.io.kaio`: no
   thread, ``RWF_NOWAIT``, reusable page-aligned slot buffers), else in a
   worker thread via a page-aligned bounce buffer (one per worker thread);
   the others go through
@@ -82,8 +82,7 @@ from typing import TypeVar
 import trio
 
 from metadata.blockdev import DeviceIOError
-
-from . import kaio
+from vvfs.io import kaio
 
 log = logging.getLogger(__name__)
 
@@ -479,7 +478,7 @@ class DataDevice:
             return new is not None
 
     async def _kaio(self, write: bool, bufs: Buffers, offset: int, total: int) -> bool:
-        """Try the call through kernel AIO on the O_DIRECT descriptor (see vvfs.kaio)."""
+        """Try the call through kernel AIO on the O_DIRECT descriptor (see vvfs.io.kaio)."""
         eng = kaio.engine()
         if eng is None:
             return False

@@ -1,8 +1,8 @@
-"""Talking to a running node over its admin socket (see :mod:`vvfs.admin`).
+"""Talking to a running node over its admin socket (see :mod:`vvfs.node.admin`).
 
 :func:`open_manager` is what ``vv`` uses: a :class:`ManagerProxy` when a
 node answers on the state directory's socket, else a real
-:class:`vvfs.api.Manager` that works on the media directly (the node holds
+:class:`vvfs.control.manager.Manager` that works on the media directly (the node holds
 the state directory's lock for its whole life, so the two never change a
 pool at the same time).  The proxy has the Manager's methods, with the same
 signatures, and returns the same values; a refusal by the node is raised
@@ -27,21 +27,12 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any, Self
 
-from metadata.errors import VVError
-
-from . import codec
-from .api import Manager
-from .state import StateDir
+from vvfs.control.manager import Manager
+from vvfs.errors import EXIT_FAILED, NodeConnectionError, RemoteError, VVError
+from vvfs.node import codec
+from vvfs.state import StateDir
 
 SHORT_TIMEOUT = 5.0
-
-
-class NodeConnectionError(VVError):
-    """The node could not be reached, or answered something unreadable."""
-
-
-class RemoteError(VVError):
-    """A refusal by the node whose error class this client does not know."""
 
 
 def _error_classes() -> dict[str, type[VVError]]:
@@ -49,8 +40,7 @@ def _error_classes() -> dict[str, type[VVError]]:
     # the modules defining error classes that codec's imports do not reach
     import metadata.catalog
     import metadata.media  # noqa: F401
-
-    from . import probe  # noqa: F401
+    import vvfs.io.probe  # noqa: F401
 
     found: dict[str, type[VVError]] = {}
     todo: list[type[VVError]] = [VVError]
@@ -165,7 +155,7 @@ def _error_from(doc: Any, status: int) -> VVError:
         return NodeConnectionError(f"node answered HTTP {status} without an error message")
     code = doc.get("exit_code")
     return remote_error(str(doc.get("type", "")), doc["error"],
-                        code if isinstance(code, int) else codec.EXIT_FAILED)
+                        code if isinstance(code, int) else EXIT_FAILED)
 
 
 def _remote_method(name: str) -> Callable[..., Any]:
@@ -183,9 +173,9 @@ def _remote_method(name: str) -> Callable[..., Any]:
 
 
 class ManagerProxy:
-    """A :class:`vvfs.api.Manager` whose calls run in the node.
+    """A :class:`vvfs.control.manager.Manager` whose calls run in the node.
 
-    Has every method of :data:`vvfs.codec.API_METHODS` with the Manager's
+    Has every method of :data:`vvfs.node.codec.API_METHODS` with the Manager's
     signature; a wrong argument raises ``TypeError`` here, before any
     request.
     """

@@ -2,18 +2,18 @@
 
 ``VolumeFS.write`` hands every write of a volume that has a guard to
 :meth:`PoolGuard.write`, which wraps the volume's own
-:meth:`~vvfs.volio.VolumeIO.write` (mirroring, degraded legs: untouched):
+:meth:`~vvfs.data.volio.VolumeIO.write` (mirroring, degraded legs: untouched):
 
 * **range lock**: the write registers the 4 KiB-aligned range it covers in
   the volume's :class:`RangeLock` for as long as it is in flight, and first
   waits while an *exclusive* lock (a move copying an extent, a scrub
   comparing a chunk) overlaps it;
-* **checksums** (mirrored volumes, see :mod:`vvfs.checksums`): the crc32c of
+* **checksums** (mirrored volumes, see :mod:`vvfs.data.checksums`): the crc32c of
   every whole block is computed before the write and stored on every leg's
   device concurrently with the data; a write covering a block only in part
   takes an exclusive lock on the aligned range instead, writes, reads the
   blocks back and stores their crc32c;
-* **move shadow**: while a move is recorded (see :mod:`vvfs.move`), every
+* **move shadow**: while a move is recorded (see :mod:`vvfs.node.jobs`), every
   device range of a write that lies in a moving run is also written to the
   run's destination (data and checksums), whether that extent is already
   copied or not -- a temporary mirror.  A failing shadow write fails the
@@ -46,11 +46,10 @@ import trio
 
 from mapper.layout import Piece
 from mapper.move import MoveRecord
+from metadata import checksums
 from metadata.blockdev import DeviceIOError
 from metadata.model import DeviceUUID, Pool, VolumeUUID
-
-from . import checksums
-from .checksums import BLOCK, ChecksumStore, Entry
+from vvfs.data.checksums import BLOCK, ChecksumStore, Entry
 
 log = logging.getLogger(__name__)
 
