@@ -27,7 +27,7 @@ import time
 
 import mapper
 from metadata import format as fmt
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -98,7 +98,7 @@ def run(volumes: int, devices: int, full: bool, samples: int) -> dict:
         if not full:
             dt, _ = timed(mgr.create_volumes, "bench", [spec(f"v{i:05}") for i in range(volumes)])
             out["batch_commit_s"] = dt
-        dt, op = timed(mgr._open, "bench")
+        dt, op = timed(mgr.session.open, "bench")
         out["open_s"] = dt
         pool = op.pool
         op.close()

@@ -42,6 +42,7 @@ __all__ = [
     "MirrorIndex",
     "Span",
     "replace_device",
+    "resync_record",
     "resync_records",
     "set_device_paths",
     "set_device_state",
@@ -53,6 +54,16 @@ __all__ = [
 #: rebuilt (``{"kind": "resync", "id": DEV, "device": DEV, ...}``); the device
 #: stays ``failed`` until a node has resynced it and dropped the record.
 RESYNC_KIND = "resync"
+
+
+def resync_record(device: str, rate: int | None, reason: str, started: float
+                  ) -> dict[str, Any]:
+    """A resync record for *device* (*reason*: "returning" or "replace"; *rate*: bytes/s)."""
+    rec: dict[str, Any] = {"kind": RESYNC_KIND, "id": device, "device": device,
+                           "reason": reason, "started": started}
+    if rate:
+        rec["rate"] = rate
+    return rec
 
 
 def resync_records(pool: Pool) -> list[dict[str, Any]]:

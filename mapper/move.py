@@ -257,6 +257,17 @@ def busy_devices(pool: Pool) -> set[str]:
     return out
 
 
+def involved(pool: Pool, record: MoveRecord) -> set[str]:
+    """Uuids of the devices holding the volumes *record* moves, and of its destinations.
+
+    A move must not copy while one of these is failed or being resynced.
+    """
+    vols = record.volumes()
+    out = {a.device for v in pool.volumes if v.uuid in vols
+           for s in v.segments for leg in s.areas for a in leg}
+    return out | {p.dest for p in record.pieces}
+
+
 # ---------------------------------------------------------------------------
 # planning
 

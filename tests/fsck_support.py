@@ -1,7 +1,7 @@
 """Helpers of the vvfsck, crash and corruption tests: small pools, the CLI, crash images.
 
 Pools are built on 64 MiB sparse files with 1 MiB extents and the smallest
-metadata areas the format allows, through the real :class:`vvfs.control.manager.Manager`
+metadata areas the format allows, through the real :class:`vvfs.api.Manager`
 (or straight through :mod:`metadata.media` on memory devices, for speed).
 """
 
@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,14 @@ import pytest
 import yaml
 
 import mapper
-import vvfs.control.manager
+import mapper.mirrors
+import vvfs.control.claim
 import vvfs.io.discovery
-import vvfs.node.mirrors
 from metadata import format as fmt
 from metadata import media
 from metadata.model import Device, Pool, new_uuid
 from tools.vvfsck import main as vvfsck_main
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 from vvfs.io.filedev import FileDevice
 from vvfs.testing.faultdev import MemoryDevice, Recorder
 
@@ -195,13 +196,13 @@ def recording(recorder: Recorder) -> Iterator[Recorder]:
     def opener(path: str, *, readonly: bool = False) -> object:
         return recorder.device(real(path, readonly=readonly), os.path.realpath(path))
 
-    saved = (vvfs.io.discovery.FileDevice, vvfs.control.manager.FileDevice)
+    saved = (vvfs.io.discovery.FileDevice, vvfs.control.claim.FileDevice)
     vvfs.io.discovery.FileDevice = opener  # type: ignore[assignment,misc]
-    vvfs.control.manager.FileDevice = opener  # type: ignore[assignment,misc]
+    vvfs.control.claim.FileDevice = opener  # type: ignore[assignment,misc]
     try:
         yield recorder
     finally:
-        vvfs.io.discovery.FileDevice, vvfs.control.manager.FileDevice = saved  # type: ignore[misc]
+        vvfs.io.discovery.FileDevice, vvfs.control.claim.FileDevice = saved  # type: ignore[misc]
 
 
 def open_plain(key: str) -> FileDevice:
@@ -291,18 +292,18 @@ def pending_resync(env: Env, device: str = "d1", *, fail: bool = True) -> Pool:
 
     What a node killed before the resync ended leaves behind: the device
     failed (by the real :meth:`Manager.fail_device`) and a record made by
-    :func:`vvfs.node.mirrors._record`, committed through the Manager's own
-    ``_changing``/``_commit`` as :func:`vvfs.node.mirrors._online` commits it.
+    :func:`mapper.mirrors.resync_record`, committed through the Manager's own
+    session (``changing``/``commit``) as :func:`vvfs.control.mirrors.online_device` does.
     With *fail* false the device stays ok (a stale record).
     """
     with env.manager() as mgr:
         if fail:
             mgr.fail_device(env.name, device, reason="test")
-        with mgr._changing(env.name, allow_missing=True) as op:
+        with mgr.session.changing(env.name, allow_missing=True) as op:
             new = op.pool.copy()
-            new.operations.append(vvfs.node.mirrors._record(op.pool.device(device).uuid, None,
-                                                      "returning"))
-            return mgr._commit(op, new)
+            new.operations.append(mapper.mirrors.resync_record(
+                op.pool.device(device).uuid, None, "returning", time.time()))
+            return mgr.session.commit(op, new)
 
 
 def catalog_pool(env: Env) -> Pool | None:

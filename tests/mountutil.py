@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import mapper
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 
 MiB = 1 << 20
 GiB = 1 << 30

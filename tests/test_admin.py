@@ -29,7 +29,7 @@ import mapper
 from metadata.errors import ConfigError, VVError
 from metadata.model import Pool
 from tools.common import exit_code_for
-from vvfs.control.manager import Manager, PoolReport, PoolShow
+from vvfs.api import Manager, PoolReport, PoolShow, Ports
 from vvfs.errors import LockedError, RefusedError, RemoteError
 from vvfs.node import admin, codec
 from vvfs.node.client import ManagerProxy, NodeClient, node_socket, open_manager, remote_error
@@ -44,15 +44,17 @@ class StandInNode:
     """The node's side of the admin contract over a real Manager."""
 
     def __init__(self, state_dir: str) -> None:
-        self.manager = Manager(state_dir)
+        self.manager = Manager(state_dir, ports=Ports(host=self))
         self.pools = {row.uuid: self.manager.catalog.load_pool(row.uuid)
                       for row in self.manager.catalog.pools()}
         self.opened: dict[str, dict[str, list[int]]] = {}
-        self.manager.on_change = self._changed
-        self.manager.open_volumes = lambda uuid: set(self.opened.get(uuid, {}))
         self._lock = trio.Lock()
 
-    def _changed(self, uuid: str, pool: Pool | None) -> None:
+    # the node's host port (vvfs.control.ports.HostPort)
+    def open_volumes(self, uuid: str) -> set[str]:
+        return set(self.opened.get(uuid, {}))
+
+    def changed(self, uuid: str, pool: Pool | None) -> None:
         if pool is None:
             self.pools.pop(uuid, None)
         else:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 import mapper
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 from vvfs.testing.faultdev import Cut
 from vvfsck import fsck
 

@@ -76,7 +76,7 @@ def serve(pool: TestPool, body: Callable[[Harness], Awaitable[None]],
           device_class: type[DataDevice] = DataDevice) -> None:
     """Run *body* in trio against a harness over *pool*'s media."""
     with pool.manager() as mgr:
-        op = mgr._open(pool.name)
+        op = mgr.session.open(pool.name)
         config, paths = op.pool, dict(op.paths)
         op.close()
 

@@ -15,7 +15,7 @@ import mapper
 from metadata import format as fmt
 from metadata import media
 from metadata.catalog import Catalog, CatalogError
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 from vvfs.io.filedev import FileDevice
 from vvfs.testing.faultdev import Cut, FaultyDevice
 from vvfsck import fsck

@@ -578,7 +578,7 @@ def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -
 
 def test_a_split_brain_is_seen_after_the_rings_wrapped(tmp_path: Path) -> None:
     """Offline, each device alone on its own host; then many commits on one side."""
-    from vvfs.control.manager import Manager
+    from vvfs.api import Manager
 
     pool = TestPool(tmp_path, devices=2)
     pool.create_volume("m", 16 * MiB, mirrors=2)

@@ -181,9 +181,9 @@ def test_abort_works_offline(fresh_pool: TestPool) -> None:
 
     pool = fresh_pool
     pool.create_volume("v", 8 * MiB, on=[("d0", None)])
-    with pool.manager() as mgr, mgr._changing(pool.name) as op:
+    with pool.manager() as mgr, mgr.session.changing(pool.name) as op:
         before = op.pool.volume("v")
-        mgr._commit(op, move.plan_move(op.pool, "v", "d1"))
+        mgr.session.commit(op, move.plan_move(op.pool, "v", "d1"))
     res = pool.vv("volume", "move", "tank/v", "--abort")
     assert "aborted move" in res.stdout and "0 of 2 extents" in res.stdout, res.stdout
     with pool.manager() as mgr:

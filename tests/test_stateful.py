@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import mapper
 from metadata.errors import ConfigError
 from metadata.model import Pool
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 from vvfs.errors import ApiError
 from vvfs.testing.faultdev import Cut
 from vvfsck import fsck

@@ -113,7 +113,7 @@ def pass_manager(f: F) -> F:
     """Give the command a Manager for --state-dir, closed afterwards.
 
     When a node runs on the state directory this is a vvfs.node.client.ManagerProxy
-    whose calls go through the node's admin socket; else a vvfs.control.manager.Manager
+    whose calls go through the node's admin socket; else a vvfs.api.Manager
     working on the media directly.
     """
 

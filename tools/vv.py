@@ -1,4 +1,4 @@
-"""`vv`: the vvfs admin command line.  A thin layer over :mod:`vvfs.control.manager`."""
+"""`vv`: the vvfs admin command line.  A thin layer over :mod:`vvfs.api`."""
 
 from __future__ import annotations
 
@@ -425,7 +425,7 @@ def status(as_json: bool, state_dir: str | None) -> None:
 
     With no node running, say so and list the pools imported on this host.
     """
-    from vvfs.control.manager import Manager
+    from vvfs.api import Manager
     from vvfs.node.client import NodeClient, node_socket
 
     sock = node_socket(state_dir)

@@ -77,12 +77,13 @@ import mapper
 from metadata import checksums
 from metadata.blockdev import BlockDevice
 from metadata.checksums import BLOCK, ENTRY, ZERO_CRC
-from metadata.model import Device, DeviceUUID, Pool, PoolUUID
+from metadata.model import Device, DeviceUUID, Pool
+from vvfs.errors import RefusedError
 from vvfs.io.filedev import zero_range
 
 if TYPE_CHECKING:
-    from vvfs.control.manager import Manager, OpenPool
-    from vvfs.node.jobs import Jobs
+    from vvfs.control.ports import Blocks, JobsPort
+    from vvfs.control.session import OpenPool
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ ENTRIES_PER_WRITE = 1 << 18
 
 #: A byte range of a device's data extents: (device, first byte, bytes)
 Fresh = tuple[DeviceUUID, int, int]
-#: Entries to set: (device, device byte of the first data block, blocks)
-Blocks = tuple[DeviceUUID, int, int]
 
 
 def fresh_ranges(old: Pool, new: Pool) -> list[Fresh]:
@@ -104,10 +103,11 @@ def fresh_ranges(old: Pool, new: Pool) -> list[Fresh]:
             for start, count in runs]
 
 
-def zero_fresh_legs(mgr: Manager, op: OpenPool, new: Pool) -> None:
+def zero_fresh_legs(op: OpenPool, new: Pool, jobs: JobsPort | None) -> None:
     """Steps 2 to 4 of the module docstring for *new* against ``op.pool``.
 
-    Raises ``RefusedError`` if a device with fresh extents is not open, and
+    *jobs* is the node's, whose checksum store sets the entries it covers;
+    None offline.  Raises ``RefusedError`` if a device with fresh extents is not open, and
     DeviceIOError if one cannot be zeroed; the commit is then not made.
     """
     ranges = fresh_ranges(op.pool, new)
@@ -118,14 +118,12 @@ def zero_fresh_legs(mgr: Manager, op: OpenPool, new: Pool) -> None:
         DeviceUUID(s.device_uuid): s.dev for s in op.choice.scans if s.device_uuid}
     absent = sorted({new.device(dev).name for dev, _off, _n in ranges if dev not in devs})
     if absent:
-        from vvfs.errors import RefusedError
-
         raise RefusedError(f"pool {new.name}: devices {', '.join(absent)} are not open;"
                            " their new extents cannot be zeroed")
     ways: Counter[str] = Counter()
     for dev, off, n in ranges:
         ways[zero_range(devs[dev], off, n)] += n
-    _set_entries(mgr, new, ranges, devs)
+    _set_entries(new, ranges, devs, jobs)
     touched = {dev for dev, _off, _n in ranges}
     for dev in touched:
         devs[dev].flush()
@@ -135,26 +133,16 @@ def zero_fresh_legs(mgr: Manager, op: OpenPool, new: Pool) -> None:
              time.monotonic() - started)
 
 
-def _set_entries(mgr: Manager, pool: Pool, ranges: list[Fresh],
-                 devs: Mapping[DeviceUUID, BlockDevice]) -> None:
+def _set_entries(pool: Pool, ranges: list[Fresh], devs: Mapping[DeviceUUID, BlockDevice],
+                 jobs: JobsPort | None) -> None:
     """Set the checksum entries of *ranges* to ZERO_CRC: in the node's store, else directly."""
     geo = {d.uuid: d for d in pool.devices}
     todo: list[Blocks] = [(dev, off, n // BLOCK) for dev, off, n in ranges
                           if geo[dev].csum_extents > 0]
-    jobs = getattr(mgr, "jobs", None)
     if jobs is not None and todo:
-        todo = jobs.from_thread(_fill_in_node, jobs, pool.uuid, todo)
+        todo = jobs.fill_checksums(pool.uuid, todo, ZERO_CRC)
     for dev, off, blocks in todo:
         write_entries(devs[dev], geo[dev], pool.extent_size, off, blocks)
-
-
-async def _fill_in_node(jobs: Jobs, pool_uuid: str, todo: list[Blocks]) -> list[Blocks]:
-    """(trio thread) Fill what the node's store covers; return the rest."""
-    guard = jobs.guards.get(PoolUUID(pool_uuid))
-    if guard is None:
-        return todo
-    return [(dev, off, blocks) for dev, off, blocks in todo
-            if not await guard.store.fill(dev, off, blocks, ZERO_CRC)]
 
 
 def write_entries(dev: BlockDevice, device: Device, extent_size: int, data_offset: int,

@@ -8,8 +8,10 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from metadata import format as fmt
 from metadata.blockdev import DeviceIOError
-from metadata.media import DeviceScan, scan_device
+from metadata.media import DeviceScan, read_label, scan_device
+from vvfs.errors import ResyncError
 from vvfs.io.filedev import FileDevice
 
 log = logging.getLogger(__name__)
@@ -153,3 +155,18 @@ def discover(paths: Iterable[str], *, readonly: bool = True,
         by_uuid[duuid] = scan
         found.pools.setdefault(scan.label.pool_uuid, []).append(scan)
     return found
+
+
+def check_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
+    """The label at *path*; ResyncError unless it is device *device* of pool *pool_uuid*."""
+    try:
+        with FileDevice(path, readonly=True) as f:
+            label, _errors = read_label(f)
+    except DeviceIOError as exc:
+        raise ResyncError(f"{path}: {exc}") from None
+    if label is None:
+        raise ResyncError(f"{path}: no readable vvfs label")
+    if (label.pool_uuid, label.device_uuid) != (pool_uuid, device):
+        raise ResyncError(f"{path}: carries device {label.device_uuid} of pool"
+                          f" {label.pool_uuid}, not the device expected")
+    return label

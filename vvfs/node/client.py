@@ -2,7 +2,7 @@
 
 :func:`open_manager` is what ``vv`` uses: a :class:`ManagerProxy` when a
 node answers on the state directory's socket, else a real
-:class:`vvfs.control.manager.Manager` that works on the media directly (the node holds
+:class:`vvfs.api.Manager` that works on the media directly (the node holds
 the state directory's lock for its whole life, so the two never change a
 pool at the same time).  The proxy has the Manager's methods, with the same
 signatures, and returns the same values; a refusal by the node is raised
@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any, Self
 
-from vvfs.control.manager import Manager
+from vvfs.api import Manager
 from vvfs.errors import EXIT_FAILED, NodeConnectionError, RemoteError, VVError
 from vvfs.node import codec
 from vvfs.state import StateDir
@@ -173,7 +173,7 @@ def _remote_method(name: str) -> Callable[..., Any]:
 
 
 class ManagerProxy:
-    """A :class:`vvfs.control.manager.Manager` whose calls run in the node.
+    """A :class:`vvfs.api.Manager` whose calls run in the node.
 
     Has every method of :data:`vvfs.node.codec.API_METHODS` with the Manager's
     signature; a wrong argument raises ``TypeError`` here, before any

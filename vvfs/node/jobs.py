@@ -82,15 +82,17 @@ import trio
 from mapper import move as moves
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
-from metadata.model import DeviceUUID, Pool, PoolUUID
+from metadata.model import DeviceUUID, PoolUUID, VolumeUUID
+from vvfs.control.ports import Blocks
 from vvfs.data.checksums import BLOCK, ChecksumStore
 from vvfs.data.guard import MoveShadow, PoolGuard
 from vvfs.data.mirror import PoolMirror, is_failure
-from vvfs.errors import JobError
+from vvfs.errors import JobError, NotFoundError, RefusedError
+from vvfs.node.scrub import ScrubTask
 
 if TYPE_CHECKING:
-    from vvfs.control.manager import Manager
     from vvfs.data.volio import PoolIO
+    from vvfs.node.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +105,9 @@ CHECKPOINT_SECONDS = 2.0
 BENCH_NO_GUARD = os.environ.get("VVFS_BENCH_NO_GUARD") == "1"
 
 
-def emit(node: Any, pool_uuid: str, kind: str, severity: str, obj: str, message: str) -> None:
-    """Record an event (``vv events``) through the node's event queue, if it has one."""
-    mirrors = getattr(node, "mirrors", None)
-    if mirrors is not None and hasattr(mirrors, "emit"):
-        mirrors.emit(pool_uuid, kind, severity, obj, message)
-    else:
-        log.info("event %s: %s", kind, message)
+def emit(node: Node, pool_uuid: str, kind: str, severity: str, obj: str, message: str) -> None:
+    """Record an event (``vv events``) through the node's event queue."""
+    node.mirrors.emit(pool_uuid, kind, severity, obj, message)
 
 
 # ---------------------------------------------------------------------------
@@ -209,8 +207,7 @@ class MoveTask:
             await trio.sleep(max(0.0, due - time.monotonic()))
 
     def _mirror(self) -> PoolMirror | None:
-        mirrors = getattr(self.jobs.node, "mirrors", None)
-        return mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+        return self.jobs.node.mirrors.pools.get(self.pio.uuid)
 
     def _blocked(self) -> str | None:
         """Why the move must not copy now (see the module docstring), or None."""
@@ -222,7 +219,7 @@ class MoveTask:
             return why
         pool = self.pio.pool
         if self._involved[0] != pool.generation:
-            self._involved = (pool.generation, involved(pool, self.record))
+            self._involved = (pool.generation, moves.involved(pool, self.record))
         devices = self._involved[1]
         busy = self.jobs.node.mirrors.is_busy  # resyncing, or about to be brought back
         for what, hit in (("failed", [u for u in devices if u in pm.failed]),
@@ -344,12 +341,11 @@ class MoveTask:
 class Jobs:
     """The node's background work and write guards (see the module docstring)."""
 
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node) -> None:
         self.node = node
         self.guards: dict[PoolUUID, PoolGuard] = {}
         self.moves: dict[PoolUUID, MoveTask] = {}
-        #: (pool uuid, volume uuid) -> vvfs.node.scrub.ScrubTask
-        self.scrubs: dict[tuple[str, str], Any] = {}
+        self.scrubs: dict[tuple[str, str], ScrubTask] = {}
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         #: ids of the moves recorded through this node (copied from the start)
@@ -454,154 +450,38 @@ class Jobs:
         if pio is not None:
             self.pool_changed(pio)
 
+    # -- scrubs and checksum fills (trio thread) ------------------------------------
+
+    async def start_scrub(self, pool_uuid: str, volume_uuid: str, repair: bool
+                          ) -> dict[str, Any]:
+        """Start a :class:`~vvfs.node.scrub.ScrubTask` of one volume; its status at once."""
+        pio = self.node.pools.get(PoolUUID(pool_uuid))
+        vio = pio.volumes.get(VolumeUUID(volume_uuid)) if pio is not None else None
+        if pio is None or vio is None:
+            raise NotFoundError("the node does not serve that volume")
+        key = (pool_uuid, volume_uuid)
+        running = self.scrubs.get(key)
+        if running is not None and not running.finished.is_set():
+            raise RefusedError(f"a scrub of {pio.name}/{vio.name} is already running")
+        if self._nursery is None:
+            raise RefusedError("the node is not ready for background work yet")
+        task = self.scrubs[key] = ScrubTask(self, pio, vio, repair)
+        self._nursery.start_soon(task.run)
+        return task.status()
+
+    def scrub_status(self, pool_uuid: str, volume_uuid: str) -> dict[str, Any] | None:
+        task = self.scrubs.get((pool_uuid, volume_uuid))
+        return task.status() if task is not None else None
+
+    async def fill_checksums(self, pool_uuid: str, todo: list[Blocks], value: int
+                             ) -> list[Blocks]:
+        """Set the entries of *todo* to *value* in the pool's store; return what it does not cover."""
+        guard = self.guards.get(PoolUUID(pool_uuid))
+        if guard is None:
+            return todo
+        return [(dev, off, blocks) for dev, off, blocks in todo
+                if not await guard.store.fill(dev, off, blocks, value)]
+
     def statistics(self) -> dict[str, Any]:
         return {"guards": {u: g.statistics() for u, g in self.guards.items()},
                 "moves": {u: t.progress() for u, t in self.moves.items()}}
-
-
-# ---------------------------------------------------------------------------
-# Manager side (called from vvfs.control.manager.Manager methods, in a worker thread when in a node)
-
-
-def _jobs(mgr: Manager, what: str) -> Jobs:
-    jobs = getattr(mgr, "jobs", None)
-    if jobs is None:
-        raise JobError(f"{what} runs in the node: mount the pool (vv mount) and run it again")
-    return jobs
-
-
-def _summary(pool: Pool, record: moves.MoveRecord | None) -> dict[str, Any]:
-    if record is None:
-        return {}
-    return {"id": record.id, "what": record.what, "state": "recorded",
-            "copied": record.copied, "total": record.total, "checkpoint": record.copied,
-            "extent_size": pool.extent_size, "pool": pool.name}
-
-
-def involved(pool: Pool, record: moves.MoveRecord) -> set[str]:
-    """Uuids of the devices holding the moved volumes, and of the move's destinations."""
-    vols = record.volumes()
-    out = {a.device for v in pool.volumes if v.uuid in vols
-           for s in v.segments for leg in s.areas for a in leg}
-    return out | {p.dest for p in record.pieces}
-
-
-def _refuse_degraded(mgr: Manager, pool: Pool, record: moves.MoveRecord) -> None:
-    """RefusedError if a device the move involves is failed or being resynced."""
-    from vvfs.errors import RefusedError
-
-    svc = getattr(mgr, "mirrors", None)
-    devices = involved(pool, record)
-    for d in pool.devices:
-        if d.uuid not in devices:
-            continue
-        if d.state == "failed" or (svc is not None and svc.is_failed(pool.uuid, d.uuid)):
-            raise RefusedError(f"device {d.name} is failed: bring it back (vv device online)"
-                               " or replace it (vv device replace) before moving data")
-        if svc is not None and svc.is_busy(pool.uuid, d.uuid):
-            raise RefusedError(f"device {d.name} is being resynced; move once it is done"
-                               " (vv status shows it)")
-
-
-def _start(mgr: Manager, pool_name: str, plan: Callable[[Pool], Pool]) -> dict[str, Any]:
-    jobs = _jobs(mgr, "moving data")
-    if BENCH_NO_GUARD:
-        raise JobError("this node runs without write guards (VVFS_BENCH_NO_GUARD): no moves")
-    with mgr._changing(pool_name) as op:
-        try:
-            new = plan(op.pool)
-        except moves.MoveError as exc:
-            from vvfs.errors import RefusedError
-
-            raise RefusedError(str(exc)) from None
-        record = moves.find(new)
-        assert record is not None  # plan() adds it; not data from media
-        _refuse_degraded(mgr, new, record)
-        jobs.note_started(record.id)
-        mgr._commit(op, new)
-        return _summary(new, record)
-
-
-def move_volume(mgr: Manager, path: str, to: str | None, source: str | None,
-                abort: bool, rate: int = 0) -> dict[str, Any]:
-    from vvfs.errors import ApiError
-
-    pool_name, name = mgr._split(path)
-    if abort:
-        return abort_move(mgr, pool_name, name)
-    if not to:
-        raise ApiError("name the device to move to (--to DEV)")
-    return _start(mgr, pool_name, lambda pool: moves.plan_move(pool, name, to, source,
-                                                               rate=rate))
-
-
-def evacuate_device(mgr: Manager, pool_name: str, key: str, rate: int = 0) -> dict[str, Any]:
-    return _start(mgr, pool_name, lambda pool: moves.plan_evacuate(pool, key, rate=rate))
-
-
-def abort_move(mgr: Manager, pool_name: str, volume: str | None = None) -> dict[str, Any]:
-    """Stop the pool's move (of *volume*, if named) and drop its record."""
-    from vvfs.errors import NotFoundError
-
-    with mgr._changing(pool_name) as op:
-        record = moves.find(op.pool)
-        if record is not None and volume is not None:
-            vol = op.pool.volume(volume)
-            if vol.uuid not in record.volumes():
-                record = None
-        if record is None:
-            raise NotFoundError(f"no move of {pool_name}/{volume or '*'} in progress")
-        jobs = getattr(mgr, "jobs", None)
-        if jobs is not None:
-            jobs.from_thread(jobs.stop_move, op.pool.uuid)
-        try:
-            new = mgr._commit(op, moves.abort(op.pool, record.id))
-        except BaseException:
-            if jobs is not None:
-                jobs.from_thread(_restart, jobs, op.pool.uuid)
-            raise
-        if jobs is not None:
-            jobs.from_thread(_emit, jobs.node, op.pool.uuid, "move-aborted", "info", op.pool.name,
-                             f"move {record.id} ({record.what}) aborted at extent"
-                             f" {record.copied} of {record.total}; the map is unchanged")
-        out = _summary(op.pool, record)
-        out["state"] = "aborted"
-        out["generation"] = new.generation
-        return out
-
-
-async def _emit(*args: Any) -> None:
-    emit(*args)
-
-
-async def _restart(jobs: Jobs, pool_uuid: str) -> None:
-    jobs.restart(pool_uuid)
-
-
-async def _progress(jobs: Jobs, pool_uuid: str) -> dict[str, Any] | None:
-    return jobs.move_progress(pool_uuid)
-
-
-def move_status(mgr: Manager, pool_name: str) -> dict[str, Any]:
-    """The move in progress in the pool: live progress from the node, else the record."""
-    jobs = getattr(mgr, "jobs", None)
-    with mgr._reading(pool_name) as op:
-        record = moves.find(op.pool)
-        live = jobs.from_thread(_progress, jobs, op.pool.uuid) if jobs is not None else None
-        if live is not None:
-            live["pool"] = op.pool.name
-            live["extent_size"] = op.pool.extent_size
-            if record is None and live["state"] not in ("failed",):
-                live["state"] = "done"
-            return live
-        return _summary(op.pool, record)
-
-
-def checkpoint(mgr: Manager, pool_name: str, op_id: str, copied: int) -> None:
-    with mgr._changing(pool_name) as op:
-        mgr._commit(op, moves.checkpoint(op.pool, op_id, copied))
-
-
-def finish(mgr: Manager, pool_name: str, op_id: str) -> None:
-    with mgr._changing(pool_name) as op:
-        mgr._commit(op, moves.switch(op.pool, op_id))

@@ -1,4 +1,4 @@
-"""Failures, returns, resync and replacement of devices: the node's service and the API side.
+"""Failures, returns, resync and replacement of devices: the node's mirror service.
 
 The data path of mirrors (degraded writes, the dirty log, read policies, the
 resync engine) is :mod:`vvfs.data.mirror`.  This module is what drives it:
@@ -58,12 +58,12 @@ At start, bits found set in the logs (a crash) start a resync of those
 regions from the first healthy leg (reads use that leg meanwhile), and a
 device named stale by another device's log is resynced before it is read.
 
-API side
---------
-The functions at the bottom implement the :class:`vvfs.control.manager.Manager`
-methods: with a node (``mgr.mirrors`` set) they commit and leave the work
-to it; offline they run the same resync engine in a private trio loop
-(:func:`run_offline`), holding the state directory's lock.
+Management side
+---------------
+The management calls (``vv device online|fail|replace|resync``) are
+:mod:`vvfs.control.mirrors`: with a node they commit and leave the work to
+this service, which they reach through :class:`vvfs.node.ports.NodeMirrors`;
+offline they run the same resync engine through :mod:`vvfs.data.offline`.
 """
 
 from __future__ import annotations
@@ -72,29 +72,24 @@ import contextlib
 import errno
 import functools
 import logging
-import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from mapper import mirrors as mmirrors
-from mapper.mirrors import RESYNC_KIND, resync_records
-from metadata import dirtylog, media
+from mapper.mirrors import resync_records
 from metadata import format as fmt
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
-from metadata.model import DeviceUUID, Pool, PoolUUID, Volume
+from metadata.model import DeviceUUID, PoolUUID
 from vvfs.data.mirror import PoolMirror, ResyncJob
 from vvfs.errors import DivergedError, MissingError, ResyncError
-from vvfs.io.devio import DataDevice, io_limiter
-from vvfs.io.discovery import candidate_paths
-from vvfs.io.filedev import FileDevice
+from vvfs.io.devio import DataDevice
+from vvfs.io.discovery import candidate_paths, check_label
 
 if TYPE_CHECKING:
-    from vvfs.control.manager import Manager
     from vvfs.data.volio import PoolIO
+    from vvfs.node.node import Node
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +111,7 @@ SEVERITIES = {"device-failed": "error", "volume-degraded": "warning", "path-fail
 class Mirrors:
     """The node's mirror service (see the module docstring)."""
 
-    def __init__(self, node: Any, *, rate: int | None = DEFAULT_RATE,
+    def __init__(self, node: Node, *, rate: int | None = DEFAULT_RATE,
                  probe_interval: float = DEFAULT_PROBE_INTERVAL) -> None:
         self.node = node
         self.rate = rate or None
@@ -196,8 +191,7 @@ class Mirrors:
                 on_retire=self._on_retire)
         else:
             pm.swap(pio.pool)
-        jobs = getattr(self.node, "jobs", None)
-        guard = jobs.guards.get(pio.uuid) if jobs is not None else None
+        guard = self.node.jobs.guards.get(pio.uuid)
         pm.checksums = guard.store if guard is not None else None
         pm.guard = guard
         for vio in pio.volumes.values():
@@ -496,7 +490,7 @@ class Mirrors:
                 f" ({job.regions} regions) in {job.finished - job.started:.1f}s{left}"
                 if job.finished else f"resync {job.id} done{left}")
 
-    # -- calls from Manager methods (through from_thread) -----------------------
+    # -- calls from management (through vvfs.node.ports.NodeMirrors) -----------
 
     async def start_resync(self, pool_uuid: str, rate: int | None) -> dict[str, Any]:
         pm = self._pm(pool_uuid)
@@ -579,542 +573,14 @@ async def _close_when_idle(dev: DataDevice) -> None:
     dev.close()
 
 
-def _check_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
-    """The label at *path*; ResyncError unless it is device *device* of pool *pool_uuid*."""
-    try:
-        with FileDevice(path, readonly=True) as f:
-            label, _errors = media.read_label(f)
-    except DeviceIOError as exc:
-        raise ResyncError(f"{path}: {exc}") from None
-    if label is None:
-        raise ResyncError(f"{path}: no readable vvfs label")
-    if (label.pool_uuid, label.device_uuid) != (pool_uuid, device):
-        raise ResyncError(f"{path}: carries device {label.device_uuid} of pool"
-                          f" {label.pool_uuid}, not the device expected")
-    return label
-
-
 def _probe_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
     """:func:`_check_label`, for the probe: never a path gone or under a vvfs mount."""
     if not candidate_paths([path]):
         raise ResyncError(f"{path}: gone, or under a vvfs mount")
-    return _check_label(path, pool_uuid, device)
+    return check_label(path, pool_uuid, device)
 
 
 def _open_checked(path: str, pool_uuid: str, device: str, limiter: trio.CapacityLimiter,
                   direct: bool, alternates: list[str]) -> DataDevice:
-    _check_label(path, pool_uuid, device)
+    check_label(path, pool_uuid, device)
     return DataDevice(path, device, limiter, direct=direct, alternates=alternates)
-
-
-# ---------------------------------------------------------------------------
-# configuration-changed events
-
-
-def describe_change(old: Pool | None, new: Pool) -> str:
-    """One line saying what generation *new* changed against *old*."""
-    if old is None:
-        return f"generation {new.generation}"
-    parts = []
-    ov, nv = {v.uuid: v for v in old.volumes}, {v.uuid: v for v in new.volumes}
-    for u in nv.keys() - ov.keys():
-        parts.append(f"volume {nv[u].name} created")
-    for u in ov.keys() - nv.keys():
-        parts.append(f"volume {ov[u].name} removed")
-    for u in nv.keys() & ov.keys():
-        a, b = ov[u], nv[u]
-        if a.name != b.name:
-            parts.append(f"volume {a.name} renamed {b.name}")
-        if a.size != b.size:
-            parts.append(f"volume {b.name} resized to {b.size}")
-        if a.read_policy != b.read_policy:
-            parts.append(f"volume {b.name} reads {b.read_policy}")
-        if a.segments != b.segments and a.size == b.size:
-            parts.append(f"volume {b.name} remapped")
-    od, nd = {d.uuid: d for d in old.devices}, {d.uuid: d for d in new.devices}
-    for du in nd.keys() - od.keys():
-        parts.append(f"device {nd[du].name} added")
-    for du in od.keys() - nd.keys():
-        parts.append(f"device {od[du].name} removed")
-    for du in nd.keys() & od.keys():
-        if od[du].state != nd[du].state:
-            parts.append(f"device {nd[du].name} {nd[du].state}")
-        if od[du].paths != nd[du].paths:
-            parts.append(f"device {nd[du].name} paths {','.join(nd[du].paths)}")
-    if old.operations != new.operations:
-        parts.append("operations " + (", ".join(str(o.get("kind", "?")) for o in new.operations
-                                                if isinstance(o, dict)) or "none"))
-    if old.active_host != new.active_host:
-        parts.append(f"host {new.active_host or 'none'}")
-    return f"generation {new.generation}: " + ("; ".join(parts) or "committed")
-
-
-def record_commit(mgr: Manager, old: Pool | None, new: Pool) -> None:
-    """Add a config-changed event for a commit (errors are logged, never raised)."""
-    try:
-        mgr.catalog.add_event(new.uuid, "config-changed", "info", new.name,
-                              describe_change(old, new))
-    except VVError as exc:
-        log.warning("config-changed event not recorded: %s", exc)
-
-
-# ---------------------------------------------------------------------------
-# API side (vvfs.control.manager.Manager methods)
-
-
-def _service(mgr: Manager) -> Mirrors | None:
-    return getattr(mgr, "mirrors", None)
-
-
-def _held(mgr: Manager) -> contextlib.AbstractContextManager[None]:
-    """Hold the state directory's lock across several steps (a node holds it already)."""
-    if getattr(mgr, "_lock_held", False):
-        return contextlib.nullcontext()
-    return mgr.holding_lock("vv resync")
-
-
-def list_events(mgr: Manager, pool: str | None, since: int, limit: int) -> list[dict[str, Any]]:
-    uuid = None
-    if pool is not None:
-        row = mgr.catalog.find_pool(pool)
-        uuid = row.uuid if row is not None else pool
-    names: dict[str, str] = {row.uuid: row.name for row in mgr.catalog.pools()}
-    return [event_doc(e, names) for e in mgr.catalog.events(uuid, since, limit)]
-
-
-def event_doc(e: Any, names: dict[str, str]) -> dict[str, Any]:
-    return {"id": e.id, "time": e.time, "pool": names.get(e.pool_uuid, e.pool_uuid),
-            "pool_uuid": e.pool_uuid, "kind": e.kind, "severity": e.severity,
-            "object": e.object, "message": e.message}
-
-
-def set_volume(mgr: Manager, path: str, read_policy: str | None) -> Volume:
-    pool_name, name = mgr._split(path)
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        new = op.pool
-        if read_policy is not None:
-            new = mmirrors.set_read_policy(new, name, read_policy)
-        if new is not op.pool:
-            new = mgr._commit(op, new)
-        return new.volume(name)
-
-
-def device_paths(mgr: Manager, pool_name: str, key: str, add: str | None,
-                 remove: str | None) -> dict[str, Any]:
-    svc = _service(mgr)
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        dev = op.pool.device(key)
-        paths = list(dev.paths) or ([op.paths[dev.uuid]] if dev.uuid in op.paths else [])
-        if add is not None:
-            add = os.path.abspath(add)
-            if add in paths:
-                from vvfs.errors import RefusedError
-
-                raise RefusedError(f"{add} is already a path of device {dev.name}")
-            try:
-                _check_label(add, op.pool.uuid, dev.uuid)
-            except ResyncError as exc:
-                from vvfs.errors import RefusedError
-
-                raise RefusedError(f"{exc}; only another path to device {dev.name} can be"
-                                   " added") from None
-            paths.append(add)
-        if remove is not None:
-            remove = os.path.abspath(remove)
-            if remove not in paths:
-                from vvfs.errors import NotFoundError
-
-                raise NotFoundError(f"{remove} is not a path of device {dev.name}")
-            if len(paths) == 1:
-                from vvfs.errors import RefusedError
-
-                raise RefusedError(f"{remove} is the only path of device {dev.name}")
-            paths.remove(remove)
-        if paths != dev.paths:
-            new = mgr._commit(op, mmirrors.set_device_paths(op.pool, dev.uuid, paths))
-            dev = new.device(dev.uuid)
-        live = svc.from_thread(svc.device_paths, op.pool.uuid, dev.uuid) if svc else None
-        states = {p["path"]: p["state"] for p in live or []}
-        return {"device": dev.name, "uuid": dev.uuid,
-                "paths": [{"path": p, "state": states.get(p, "-" if live is None else
-                                                          "standby"),
-                           "primary": i == 0} for i, p in enumerate(dev.paths)]}
-
-
-def fail_device(mgr: Manager, pool_name: str, key: str, reason: str, only_if_failed: bool
-                ) -> dict[str, Any]:
-    svc = _service(mgr)
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        dev = op.pool.device(key)
-        # only_if_failed: the node's own report of a failure it saw; else an administrator's
-        failure = "admin"
-        if svc is not None:
-            failed = svc.from_thread(svc.fail_now, op.pool.uuid, dev.uuid, reason) \
-                if not only_if_failed or svc.is_failed(op.pool.uuid, dev.uuid) else False
-            if not failed and only_if_failed:
-                return {"device": dev.name, "state": dev.state}
-            if only_if_failed:
-                failure = svc.failure_of(op.pool.uuid, dev.uuid)
-        else:
-            _mark_stale_offline(op, dev.uuid)
-        if dev.state != "failed" or (dev.failure != failure and not only_if_failed):
-            new = mgr._commit(op, mmirrors.set_device_state(op.pool, dev.uuid, "failed",
-                                                            failure))
-            dev = new.device(dev.uuid)
-        return {"device": dev.name, "state": dev.state, "failure": dev.failure}
-
-
-def _mark_stale_offline(op: Any, device: str) -> None:
-    """Offline: name *device* stale in the log of every other present device."""
-    for s in op.choice.scans:
-        if s.device_uuid == device or s.device_uuid is None:
-            continue
-        d = next((x for x in op.pool.devices if x.uuid == s.device_uuid), None)
-        geo = dirtylog.geometry(d, op.pool.extent_size) if d is not None else None
-        if d is None or geo is None:
-            continue
-        image = dirtylog.read_log(s.dev, geo, op.pool.uuid, d.uuid)
-        image.stale.add(device)
-        image.sequence += 1
-        dirtylog.write_log(s.dev, image, op.pool.uuid, d.uuid)
-
-
-def online_device(mgr: Manager, pool_name: str, key: str, rate: int | None,
-                  discard_divergent: bool = False) -> dict[str, Any]:
-    with _held(mgr):
-        return _online(mgr, pool_name, key, rate, discard_divergent)
-
-
-def _online(mgr: Manager, pool_name: str, key: str, rate: int | None,
-            discard_divergent: bool = False) -> dict[str, Any]:
-    svc = _service(mgr)
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        dev = op.pool.device(key)
-        failed_here = svc is not None and svc.is_failed(op.pool.uuid, dev.uuid)
-        recorded = any(r["device"] == dev.uuid for r in resync_records(op.pool))
-        if dev.state != "failed" and not failed_here:
-            if svc is not None and svc.is_busy(op.pool.uuid, dev.uuid):
-                return {"device": dev.name, "state": "resyncing"}
-            from vvfs.errors import RefusedError
-
-            raise RefusedError(f"device {dev.name} has not failed; 'vv device resync"
-                               f" {pool_name}' resyncs dirty ranges")
-        path = _locate(mgr, op, dev)
-        if path is None:
-            from vvfs.errors import RefusedError
-
-            raise RefusedError(f"device {dev.name} cannot be found: no readable label on its"
-                               f" paths ({', '.join(dev.paths) or 'none'}) or the search paths")
-        if not recorded:
-            with _scanned(op, dev, path) as scan:
-                if _check_diverged(op, dev, path, scan, discard_divergent):
-                    _rebuild_whole(svc, op, dev, scan)
-        if dev.state != "failed" or not recorded:
-            new = mmirrors.set_device_state(op.pool, dev.uuid, "failed")
-            if not recorded:
-                new.operations.append(_record(dev.uuid, rate, "returning"))
-            mgr._commit(op, new)
-        if svc is not None:
-            return {"device": dev.name, "state": "queued"}
-        return _finish_offline(mgr, op, dev.uuid, rate, "returning")
-
-
-@contextlib.contextmanager
-def _scanned(op: Any, dev: Any, path: str) -> Iterator[media.DeviceScan]:
-    """The scan of *dev*: the pool's own, or one of *path* opened for the occasion."""
-    scan = next((s for s in op.choice.scans if s.device_uuid == dev.uuid), None)
-    if scan is not None:
-        yield scan
-        return
-    with FileDevice(path) as f:
-        yield media.scan_device(f)
-
-
-def _check_diverged(op: Any, dev: Any, path: str, scan: media.DeviceScan,
-                    discard: bool) -> bool:
-    """Was *dev* (found at *path*) written apart from the pool (:func:`media.diverged`)?
-
-    Raises :class:`DivergedError` if so, unless *discard*: then True (the
-    caller rebuilds it whole, discarding what was written to it apart).
-    """
-    found = media.diverged(scan, op.choice)
-    if found is None:
-        return False
-    if discard:
-        log.warning("pool %s: device %s was written apart (%s); rebuilding it whole,"
-                    " discarding those writes", op.pool.name, dev.name, found)
-        return True
-    raise DivergedError(
-        f"device {dev.name} was written apart from the pool: {found} (each part went on"
-        f" without the other). Bringing it back discards what was written to it then: copy"
-        f" that out first (open {path} on its own), then run: vv device online"
-        f" {op.pool.name} {dev.name} --discard-divergent")
-
-
-def _rebuild_whole(svc: Any, op: Any, dev: Any, scan: media.DeviceScan) -> None:
-    """Make the coming resync of *dev* copy every mirrored range it holds, and empty its log.
-
-    Its own log (bits and stale list) belongs to the part that went on apart:
-    a fresh one replaces it, and the bits set on its partners' logs name
-    everything it holds, as for a replacement.
-    """
-    dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
-    _mark_whole(svc, op, _partner_ranges(op.pool, dev.uuid))
-
-
-def _partner_ranges(pool: Pool, device: str) -> list[tuple[str, int, int]]:
-    """(device, byte, length) of every copy, on the other legs, of what *device* holds."""
-    index = mmirrors.MirrorIndex(pool)
-    return [(loc.device, loc.offset, s.length)
-            for off, n in index.extent_ranges(device)
-            for s in index.spans(device, off, n)
-            for loc in s.legs if loc.device != device]
-
-
-def _mark_whole(svc: Any, op: Any, ranges: Sequence[tuple[str, int, int]]) -> None:
-    """Set the dirty bits of *ranges*: through the node's logs, or on media offline."""
-    if svc is not None:
-        svc.from_thread(svc.mark_ranges, op.pool.uuid, list(ranges))
-    else:
-        _mark_ranges_offline(op, ranges)
-
-
-def _locate(mgr: Manager, op: Any, dev: Any) -> str | None:
-    """Where device *dev* answers with its label now (recorded in ``op.paths``), or None.
-
-    A device that failed is not remembered by the catalog any more: look at
-    its configured paths, then on the search paths.
-    """
-    if dev.uuid in op.paths:
-        return str(op.paths[dev.uuid])
-    for path in dev.paths:
-        with contextlib.suppress(ResyncError):
-            _check_label(path, op.pool.uuid, dev.uuid)
-            op.paths[dev.uuid] = path
-            return str(path)
-    from vvfs.io.discovery import discover
-
-    found = discover(mgr.state.config.search_paths, skip=list(op.paths.values()))
-    try:
-        for s in found.pools.get(op.pool.uuid, []):
-            if s.device_uuid == dev.uuid:
-                op.paths[dev.uuid] = s.name
-                return str(s.name)
-    finally:
-        found.close()
-    return None
-
-
-def _record(device: str, rate: int | None, reason: str) -> dict[str, Any]:
-    rec: dict[str, Any] = {"kind": RESYNC_KIND, "id": device, "device": device,
-                           "reason": reason, "started": time.time()}
-    if rate:
-        rec["rate"] = rate
-    return rec
-
-
-def finish_resync(mgr: Manager, pool_name: str, key: str) -> dict[str, Any]:
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        dev = op.pool.device(key)
-        new = op.pool.copy()
-        new.operations = [o for o in new.operations
-                          if not (isinstance(o, dict) and o.get("kind") == RESYNC_KIND
-                                  and o.get("device") == dev.uuid)]
-        new.device(dev.uuid).state = "ok"
-        new.device(dev.uuid).failure = ""
-        if new.to_dict() != op.pool.to_dict():
-            mgr._commit(op, new)
-        return {"device": dev.name, "state": "ok"}
-
-
-def resync_pool(mgr: Manager, pool_name: str, key: str | None, rate: int | None
-                ) -> dict[str, Any]:
-    with _held(mgr):
-        return _resync_pool(mgr, pool_name, key, rate)
-
-
-def _resync_pool(mgr: Manager, pool_name: str, key: str | None, rate: int | None
-                 ) -> dict[str, Any]:
-    svc = _service(mgr)
-    if key is not None:
-        with mgr._reading(pool_name) as op:
-            dev = op.pool.device(key)
-            failed = dev.state == "failed" or (svc is not None
-                                               and svc.is_failed(op.pool.uuid, dev.uuid))
-        if failed:
-            return _online(mgr, pool_name, key, rate)
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        if svc is not None:
-            return dict(svc.from_thread(svc.start_resync, op.pool.uuid, rate))
-        return run_offline(mgr, op, set(), rate, "manual")
-
-
-def resync_status(mgr: Manager, pool_name: str) -> dict[str, Any]:
-    svc = _service(mgr)
-    if svc is not None:
-        uuid = mgr._pool_uuid(pool_name)
-        return dict(svc.from_thread(svc.status, uuid))
-    with mgr._reading(pool_name) as op:
-        dirty = {}
-        for s in op.choice.scans:
-            d = next((x for x in op.pool.devices if x.uuid == s.device_uuid), None)
-            geo = dirtylog.geometry(d, op.pool.extent_size) if d is not None else None
-            if geo is not None:
-                image = dirtylog.read_log(s.dev, geo, op.pool.uuid, d.uuid)  # type: ignore[union-attr]
-                dirty[d.name] = len(image.dirty())  # type: ignore[union-attr]
-        return {"jobs": [], "dirty_regions": dirty,
-                "failed": [d.name for d in op.pool.devices if d.state == "failed"],
-                "resyncing": [], "bringing_back": []}
-
-
-def replace_device(mgr: Manager, pool_name: str, old: str, new_path: str, force: bool,
-                   rate: int | None) -> dict[str, Any]:
-    with _held(mgr):
-        return _replace(mgr, pool_name, old, new_path, force, rate)
-
-
-def _replace(mgr: Manager, pool_name: str, old: str, new_path: str, force: bool,
-             rate: int | None) -> dict[str, Any]:
-    from vvfs.errors import RefusedError
-
-    svc = _service(mgr)
-    with mgr._changing(pool_name, allow_missing=True) as op:
-        olddev = op.pool.device(old)
-        if svc is not None and svc.is_busy(op.pool.uuid, olddev.uuid):
-            raise RefusedError(f"device {olddev.name} is being resynced; wait for it")
-        size = mgr._check_claimable(new_path, force)
-        ref = next(s.label for s in op.choice.scans if s.label is not None)
-        dev, label, device = mgr._claim(new_path, op.pool.uuid, op.pool.extent_size,
-                                        ref.geometry.area_size, size, force, olddev.tier,
-                                        olddev.protection, olddev.cost, olddev.name)
-        try:
-            new = mmirrors.replace_device(op.pool, olddev.uuid, device)
-            new.operations.append(_record(device.uuid, rate, "replace"))
-            if svc is not None:
-                # OLD leaves the data path first, so that nothing clears these bits
-                # (its copies are no longer all in service) before NEW is rebuilt
-                svc.from_thread(svc.fail_now, op.pool.uuid, olddev.uuid,
-                                f"being replaced by {new_path}")
-            _mark_whole(svc, op, _partner_ranges(new, device.uuid))
-            op.paths[device.uuid] = os.path.abspath(new_path)
-            mgr._commit(op, new)
-        except BaseException:
-            op.paths.pop(device.uuid, None)
-            with contextlib.suppress(DeviceIOError):
-                mgr._unclaim(dev, label)
-            raise
-        finally:
-            dev.close()
-        mgr._remember_dir(new_path)
-        for s in op.choice.scans:
-            if s.device_uuid == olddev.uuid and s.label is not None:
-                with contextlib.suppress(DeviceIOError):
-                    mgr._unclaim(s.dev, s.label)  # type: ignore[arg-type]
-        if svc is not None:
-            return {"device": device.name, "uuid": device.uuid, "replaced": olddev.uuid,
-                    "state": "queued"}
-        out = _finish_offline(mgr, op, device.uuid, rate, "replace",
-                              {device.uuid: os.path.abspath(new_path)})
-        out.update({"uuid": device.uuid, "replaced": olddev.uuid})
-        return out
-
-
-def _mark_ranges_offline(op: Any, ranges: Sequence[tuple[str, int, int]]) -> None:
-    by_dev: dict[str, list[tuple[int, int]]] = {}
-    for d, off, n in ranges:
-        by_dev.setdefault(d, []).append((off, n))
-    for s in op.choice.scans:
-        if s.device_uuid not in by_dev:
-            continue
-        d = next(x for x in op.pool.devices if x.uuid == s.device_uuid)
-        geo = dirtylog.geometry(d, op.pool.extent_size)
-        if geo is None:
-            continue
-        image = dirtylog.read_log(s.dev, geo, op.pool.uuid, d.uuid)
-        for off, n in by_dev[s.device_uuid]:
-            for r in geo.regions_of(off, n):
-                dirtylog.set_bit(image.bits, r)
-        dirtylog.write_log(s.dev, image, op.pool.uuid, d.uuid)
-
-
-def _finish_offline(mgr: Manager, op: Any, device: str, rate: int | None, kind: str,
-                    extra_paths: dict[str, str] | None = None) -> dict[str, Any]:
-    out = run_offline(mgr, op, {device}, rate, kind, extra_paths)
-    if out.get("state") == "done":
-        finish_resync(mgr, op.pool.name, device)
-    name = next((d.name for d in op.pool.devices if d.uuid == device), device)
-    return {"device": name, **out}
-
-
-def run_offline(mgr: Manager, op: Any, targets: set[str], rate: int | None, kind: str,
-                extra_paths: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run a resync of pool *op* in a private trio loop (no node); return its progress."""
-    pool: Pool = op.pool
-    paths = {s.device_uuid: s.name for s in op.choice.scans if s.device_uuid}
-    paths.update(op.paths)
-    paths.update(extra_paths or {})
-    progress: Callable[[dict[str, Any]], None] | None = getattr(mgr, "progress", None)
-
-    def emit(kind_: str, severity: str, obj: str, message: str) -> None:
-        with contextlib.suppress(VVError):
-            mgr.catalog.add_event(pool.uuid, kind_, severity, obj, message)
-
-    async def main() -> dict[str, Any]:
-        limiter = io_limiter(8)
-        devs: dict[DeviceUUID, DataDevice] = {}
-        try:
-            for d in pool.devices:
-                if (d.state == "ok" or d.uuid in targets) and d.uuid in paths:
-                    with contextlib.suppress(DeviceIOError):
-                        devs[d.uuid] = DataDevice(paths[d.uuid], d.uuid, limiter)
-            for t in targets:
-                if t not in devs:
-                    raise ResyncError(f"device {t} cannot be opened")
-            from vvfs.data.checksums import ChecksumStore
-
-            pm = PoolMirror(pool, devs, emit=emit)
-            pm.checksums = ChecksumStore(pool, devs)
-            await pm.attach_devices()
-            pm.resyncing |= {DeviceUUID(t) for t in targets}
-            job = pm.new_job(kind, {DeviceUUID(t) for t in targets}, rate)
-            async with trio.open_nursery() as nursery:
-                if progress is not None:
-                    nursery.start_soon(_report, job, pm, progress)
-                await pm.resync(job)
-                nursery.cancel_scope.cancel()
-            if job.state == "done":
-                for lg in pm.logs.values():
-                    if lg.stale & job.targets:
-                        await lg.set_stale(remove=job.targets)
-                emit("resync-done", "info", pm._job_object(job),
-                     f"resync ({kind}) done offline: {job.done} bytes copied")
-            else:
-                emit("resync-failed", "error", pm._job_object(job),
-                     f"resync ({kind}) stopped: {job.error}")
-            await pm.sync_logs()
-            await pm.flush_devices(set(devs))
-            if progress is not None:
-                progress(job.progress(pm.names))
-            return job.progress(pm.names)
-        finally:
-            for dev in devs.values():
-                dev.close()
-
-    return trio.run(main)
-
-
-async def _report(job: ResyncJob, pm: PoolMirror, progress: Callable[[dict[str, Any]], None]
-                  ) -> None:
-    while True:
-        progress(job.progress(pm.names))
-        await trio.sleep(0.2)
-
-
-def degraded_summary(pool: Pool) -> tuple[list[str], list[str]]:
-    """(failed device names, degraded mirrored volume names) of a configuration."""
-    failed = {d.uuid for d in pool.devices if d.state == "failed"}
-    vols = [v.name for v in pool.volumes
-            if any(a.device in failed for s in v.segments for leg in s.areas for a in leg)]
-    return [d.name for d in pool.devices if d.uuid in failed], vols
-
-

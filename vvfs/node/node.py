@@ -8,12 +8,12 @@ pyfuse3 main loop in trio, beside the admin API server when
 
 Management calls (:meth:`Node.call`) run one at a time (a ``trio.Lock``) in
 a worker thread, so that a commit's fsyncs never block the data path.  The
-Manager reports each committed configuration through ``on_change`` in that
-thread; the node collects them and, once the call has returned and before
+Manager reports each committed configuration through its host port
+(:class:`vvfs.node.ports.NodeHost`) in that thread; the node collects them and, once the call has returned and before
 :meth:`Node.call` returns, applies them on the trio thread: new devices are
 opened, the volume maps are swapped, the mount is told what appeared,
 disappeared or changed.  While a call runs that asked which volumes are
-open (``open_volumes``: removal, shrinking, destroying), opens of that
+open (``open_volumes_fenced``: removal, shrinking, destroying), opens of that
 pool's volumes wait, so nothing can be opened between the check and the
 commit.
 
@@ -52,6 +52,7 @@ from vvfs.io.discovery import candidate_paths
 from vvfs.node.fs import VolumeFS
 from vvfs.node.jobs import Jobs
 from vvfs.node.mirrors import DEFAULT_PROBE_INTERVAL, DEFAULT_RATE, Mirrors
+from vvfs.node.ports import node_ports
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +116,16 @@ class Node:
     """
 
     def __init__(self, mountpoint: str, pools: Sequence[str] = (), *,
-                 state_dir: str | None = None, manager: Manager | None = None,
-                 direct: bool = False, io_threads: int = DEFAULT_IO_THREADS,
-                 readonly: bool = False, fuse_options: Iterable[str] = (),
-                 resync_rate: int | None = DEFAULT_RATE,
+                 state_dir: str | None = None, direct: bool = False,
+                 io_threads: int = DEFAULT_IO_THREADS, readonly: bool = False,
+                 fuse_options: Iterable[str] = (), resync_rate: int | None = DEFAULT_RATE,
                  probe_interval: float = DEFAULT_PROBE_INTERVAL) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
-        self._own_manager = manager is None
-        self.manager = manager or Manager(state_dir)
+        #: moves, scrubs and write guards (vvfs/node/jobs.py)
+        self.jobs = Jobs(self)
+        #: mirrors: failures, dirty logs, resync, events (vvfs/node/mirrors.py)
+        self.mirrors = Mirrors(self, rate=resync_rate, probe_interval=probe_interval)
+        self.manager = Manager(state_dir, ports=node_ports(self))
         self.pool_names = list(pools)
         self.direct = direct
         self.readonly = readonly
@@ -139,10 +142,6 @@ class Node:
         self._pending: list[tuple[str, Pool | None]] = []
         self._pending_paths: dict[str, dict[str, str]] = {}
         self._token: trio.lowlevel.TrioToken | None = None
-        #: moves, scrubs and write guards (vvfs/move.py)
-        self.jobs = Jobs(self)
-        #: mirrors: failures, dirty logs, resync, events (vvfs/resync.py)
-        self.mirrors = Mirrors(self, rate=resync_rate, probe_interval=probe_interval)
 
     @property
     def pools(self) -> dict[PoolUUID, PoolIO]:
@@ -166,10 +165,6 @@ class Node:
         if not os.path.isdir(self.mountpoint):
             raise NodeError(f"mount point {self.mountpoint} is not a directory")
         with self.manager.holding_lock(f"vvfs node on {self.mountpoint}"):
-            self.manager.on_change = self._on_change
-            self.manager.open_volumes = self._open_volumes_hook
-            self.manager.jobs = self.jobs
-            self.manager.mirrors = self.mirrors
             self.io_flusher = set_io_flusher()
             try:
                 await self._open_pools()
@@ -183,12 +178,7 @@ class Node:
                 with trio.CancelScope(shield=True):
                     await self.mirrors.close()
                     await self._close_all()
-                self.manager.on_change = None
-                self.manager.open_volumes = None
-                self.manager.jobs = None
-                self.manager.mirrors = None
-                if self._own_manager:
-                    self.manager.close()
+                self.manager.close()
         log.info("node stopped")
 
     def stop(self) -> None:
@@ -285,7 +275,7 @@ class Node:
         return [row.name for row in self.manager.catalog.pools()]
 
     def _read_pool(self, name: str) -> tuple[Pool, dict[str, str]]:
-        op = self.manager._open(name)
+        op = self.manager.session.open(name)
         try:
             if op.choice.missing:
                 missing = [op.pool.device(u).name for u in op.choice.missing]
@@ -401,12 +391,12 @@ class Node:
                     except Exception as exc:  # noqa: BLE001 - must not mask fn's error
                         log.error("cannot read device paths of pool %s: %s", uuid, exc)
 
-    def _on_change(self, pool_uuid: str, pool: Pool | None) -> None:
-        """Manager hook (worker thread): remember the change for the trio thread."""
+    def note_change(self, pool_uuid: str, pool: Pool | None) -> None:
+        """(Management thread) remember a committed change for the trio thread."""
         self._pending.append((pool_uuid, pool))
 
-    def _open_volumes_hook(self, pool_uuid: str) -> set[str]:
-        """Manager hook: open volumes of a pool; holds back new opens until the call ends."""
+    def open_volumes_fenced(self, pool_uuid: str) -> set[str]:
+        """Open volumes of a pool; holds back new opens until the management call ends."""
         try:
             trio.lowlevel.current_task()
         except RuntimeError:

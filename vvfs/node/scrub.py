@@ -53,12 +53,12 @@ import trio
 
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
-from metadata.model import DeviceUUID, PoolUUID, VolumeUUID
+from metadata.model import DeviceUUID
 from vvfs.data import checksums
 from vvfs.data.checksums import BLOCK, Verdict, judge
+from vvfs.data.mirror import PoolMirror
 
 if TYPE_CHECKING:
-    from vvfs.control.manager import Manager
     from vvfs.data.volio import PoolIO, VolumeIO
     from vvfs.node.jobs import Jobs
 
@@ -145,17 +145,14 @@ class ScrubTask:
             self.finished.set()
         st = self.stats
         problems = st.data_errors + st.checksum_errors + st.read_errors
-        from vvfs.node.jobs import emit
-
-        emit(self.jobs.node, self.pio.uuid, "scrub-done", "warning" if problems > st.repaired
-             else "info", f"{self.pio.name}/{self.vio.name}",
+        self.jobs.node.mirrors.emit(
+            self.pio.uuid, "scrub-done", "warning" if problems > st.repaired else "info", f"{self.pio.name}/{self.vio.name}",
              f"scrub of {self.pio.name}/{self.vio.name} {self.state}: {st.data_errors} data,"
              f" {st.checksum_errors} checksum, {st.read_errors} read errors, {st.repaired}"
              " repaired")
 
-    def _mirror(self) -> Any:
-        mirrors = getattr(self.jobs.node, "mirrors", None)
-        return mirrors.pools.get(self.pio.uuid) if mirrors is not None else None
+    def _mirror(self) -> PoolMirror | None:
+        return self.jobs.node.mirrors.pools.get(self.pio.uuid)
 
     @contextlib.asynccontextmanager
     async def _quiet(self) -> AsyncIterator[None]:
@@ -311,60 +308,3 @@ class ScrubTask:
             "path": dev.path if dev is not None else None,
             "device_offset": run.device_offset, "right_leg": run.right, "reason": run.reason,
             "repaired": run.repaired})
-
-
-# ---------------------------------------------------------------------------
-# node side: start and query (trio thread)
-
-
-async def _start(jobs: Jobs, pool_uuid: str, volume_uuid: str, repair: bool) -> dict[str, Any]:
-    from vvfs.errors import NotFoundError, RefusedError
-
-    pio = jobs.node.pools.get(PoolUUID(pool_uuid))
-    vio = pio.volumes.get(VolumeUUID(volume_uuid)) if pio is not None else None
-    if pio is None or vio is None:
-        raise NotFoundError("the node does not serve that volume")
-    key = (pool_uuid, volume_uuid)
-    running = jobs.scrubs.get(key)
-    if running is not None and not running.finished.is_set():
-        raise RefusedError(f"a scrub of {pio.name}/{vio.name} is already running")
-    if jobs._nursery is None:
-        raise RefusedError("the node is not ready for background work yet")
-    task = jobs.scrubs[key] = ScrubTask(jobs, pio, vio, repair)
-    jobs._nursery.start_soon(task.run)
-    return task.status()
-
-
-async def _status(jobs: Jobs, pool_uuid: str, volume_uuid: str) -> dict[str, Any] | None:
-    task = jobs.scrubs.get((pool_uuid, volume_uuid))
-    return task.status() if task is not None else None
-
-
-# ---------------------------------------------------------------------------
-# Manager side
-
-
-def _ids(mgr: Manager, path: str) -> tuple[str, str]:
-    pool_name, name = mgr._split(path)
-    with mgr._reading(pool_name) as op:
-        return op.pool.uuid, op.pool.volume(name).uuid
-
-
-def scrub_volume(mgr: Manager, path: str, repair: bool) -> dict[str, Any]:
-    from vvfs.node.jobs import _jobs
-
-    jobs = _jobs(mgr, "scrub")
-    pool_uuid, vol_uuid = _ids(mgr, path)
-    return jobs.from_thread(_start, jobs, pool_uuid, vol_uuid, repair)
-
-
-def scrub_status(mgr: Manager, path: str) -> dict[str, Any]:
-    from vvfs.errors import NotFoundError
-    from vvfs.node.jobs import _jobs
-
-    jobs = _jobs(mgr, "scrub")
-    pool_uuid, vol_uuid = _ids(mgr, path)
-    status = jobs.from_thread(_status, jobs, pool_uuid, vol_uuid)
-    if status is None:
-        raise NotFoundError(f"no scrub of {path} since the node started")
-    return status
