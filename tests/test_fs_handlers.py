@@ -21,6 +21,8 @@ import trio
 from mapper.layout import VolumeMap
 from metadata.blockdev import DeviceIOError
 from metadata.model import Pool
+from vvfs.data.checksums import ChecksumStore
+from vvfs.data.guard import PoolGuard
 from vvfs.data.volio import PoolIO
 from vvfs.io.devio import DataDevice, io_limiter
 from vvfs.node.fs import ROOT, VolumeFS
@@ -245,6 +247,30 @@ def test_write_across_the_end_is_cut_short(pool: TestPool) -> None:
     async def body(h: Harness) -> None:
         fh = await h.open("lin")
         assert await h.fs.write(fh, 8 * MiB - 512, b"y" * 4096) == 512
+
+    serve(pool, body)
+
+
+def test_a_write_goes_through_the_volumes_guard_once(pool: TestPool) -> None:
+    async def body(h: Harness) -> None:
+        vio = h.pio.by_name["lin"]
+        guard = vio.guard = PoolGuard(ChecksumStore(h.pio.pool, h.devices))  # type: ignore[arg-type]
+        fh = await h.open("lin")
+        done = trio.Event()
+
+        async def write() -> None:
+            assert await h.fs.write(fh, 0, b"g" * 4096) == 4096
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            async with guard.lock(vio.uuid).exclusive(0, 4096):  # what a move's copy holds
+                nursery.start_soon(write)
+                await trio.sleep(0.05)
+                assert not done.is_set(), "the write did not wait for the guard's range"
+            with trio.fail_after(5):
+                await done.wait()
+        assert guard.stats.guarded_writes == 1
+        assert bytes(await h.fs.read(fh, 0, 4096)) == b"g" * 4096
 
     serve(pool, body)
 

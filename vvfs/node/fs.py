@@ -276,11 +276,8 @@ class VolumeFS(pyfuse3.Operations):
         log.debug("write fh %d %d+%d", fh, off, len(buf))
         if self.readonly:
             raise FUSEError(errno.EROFS)
-        with _WRITE_ERRORS:
-            vio = self._handles[fh]
-            if vio.guard is not None:  # range locks, checksums, moves: vvfs/guard.py
-                return await vio.guard.write(vio, off, buf)
-            return await vio.write(off, buf)
+        with _WRITE_ERRORS:  # guard or plain: VolumeIO.write decides
+            return await self._handles[fh].write(off, buf)
 
     async def flush(self, fh: int) -> None:
         log.debug("flush fh %d", fh)  # close(): writes are already on the devices
