@@ -52,10 +52,12 @@ class Harness:
         self.fs = VolumeFS(host_ids={"this-host"})
         self.fs.add_pool(self.pio)
         self.paths = paths
+        self.pool_inode = 0
 
-    @property
-    def pool_inode(self) -> int:
-        return self.fs.inode_of(self.pio.uuid)  # type: ignore[return-value]
+    async def start(self) -> None:
+        """Look the pool's directory up once, as the kernel does before using it."""
+        entry = await self.fs.lookup(ROOT, self.pio.name.encode(), ctx())
+        self.pool_inode = entry.st_ino
 
     async def inode(self, name: str) -> int:
         entry = await self.fs.lookup(self.pool_inode, name.encode(), ctx())
@@ -85,6 +87,7 @@ def serve(pool: TestPool, body: Callable[[Harness], Awaitable[None]],
     async def main() -> None:
         h = Harness(config, paths, device_class)
         try:
+            await h.start()
             await body(h)
         finally:
             h.close()
@@ -111,12 +114,25 @@ def test_volume_attributes_come_from_the_volume(pool: TestPool) -> None:
     serve(pool, body)
 
 
-def test_root_and_pool_are_directories(pool: TestPool) -> None:
+def test_root_and_pool_are_directories(pool: TestPool,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    listed: list[tuple[bytes, int]] = []
+
+    def reply(token: object, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        listed.append((name, attr.st_ino))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
     async def body(h: Harness) -> None:
         assert stat.S_ISDIR((await h.fs.getattr(ROOT, ctx())).st_mode)
         entry = await h.fs.lookup(ROOT, b"tank", ctx())
         assert stat.S_ISDIR(entry.st_mode)
+        # the pool's directory has one inode, however it is reached
         assert entry.st_ino == h.pool_inode
+        await h.fs.readdir(await h.fs.opendir(ROOT, ctx()), 0, None)  # type: ignore[arg-type]
+        assert listed == [(b"tank", entry.st_ino)]
+        assert stat.S_ISDIR((await h.fs.getattr(entry.st_ino, ctx())).st_mode)
 
     serve(pool, body)
 

@@ -119,10 +119,6 @@ class VolumeFS(pyfuse3.Operations):
         """Is *volume* presented to this host? (:func:`mapper.namespace.visible`)"""
         return namespace.visible(volume, self.host_ids)
 
-    def inode_of(self, uuid: str) -> InodeT | None:
-        """The inode of a pool or volume uuid (None if never seen)."""
-        return self._inode_of.get(uuid)
-
     def _resolve(self, inode: InodeT) -> tuple[PoolIO | None, VolumeIO | None]:
         """(pool, volume) of *inode*: (None, None) for the root; ENOENT if gone."""
         if inode == ROOT:
