@@ -2,7 +2,8 @@
 
 ``mapper`` turns a :class:`metadata.model.Pool` configuration into answers:
 where volume bytes live on devices (:class:`VolumeMap`), which extents are
-free (:func:`free_runs`, :func:`usage`, :func:`class_usage`) and what the
+free (:func:`free_runs`, :func:`usage`, :func:`class_usage`), which volumes
+a host sees (:func:`visible`, :func:`visible_volumes`) and what the
 configuration becomes after a change (:func:`create_volume` and friends,
 each returning a new pool).  It imports only ``metadata`` and never opens a
 file.
@@ -18,6 +19,7 @@ from .alloc import (
     used_by,
 )
 from .layout import Loc, Piece, ResolveError, VolumeMap
+from .namespace import visible, visible_volumes
 from .placement import (
     FITS,
     PlacementError,
@@ -57,4 +59,6 @@ __all__ = [
     "resize_volume",
     "usage",
     "used_by",
+    "visible",
+    "visible_volumes",
 ]

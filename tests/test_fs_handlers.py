@@ -21,6 +21,8 @@ import trio
 from mapper.layout import VolumeMap
 from metadata.blockdev import DeviceIOError
 from metadata.model import Pool
+from vvfs.data.checksums import ChecksumStore
+from vvfs.data.guard import PoolGuard
 from vvfs.data.volio import PoolIO
 from vvfs.io.devio import DataDevice, io_limiter
 from vvfs.node.fs import ROOT, VolumeFS
@@ -50,10 +52,12 @@ class Harness:
         self.fs = VolumeFS(host_ids={"this-host"})
         self.fs.add_pool(self.pio)
         self.paths = paths
+        self.pool_inode = 0
 
-    @property
-    def pool_inode(self) -> int:
-        return self.fs.inode_of(self.pio.uuid)  # type: ignore[return-value]
+    async def start(self) -> None:
+        """Look the pool's directory up once, as the kernel does before using it."""
+        entry = await self.fs.lookup(ROOT, self.pio.name.encode(), ctx())
+        self.pool_inode = entry.st_ino
 
     async def inode(self, name: str) -> int:
         entry = await self.fs.lookup(self.pool_inode, name.encode(), ctx())
@@ -83,6 +87,7 @@ def serve(pool: TestPool, body: Callable[[Harness], Awaitable[None]],
     async def main() -> None:
         h = Harness(config, paths, device_class)
         try:
+            await h.start()
             await body(h)
         finally:
             h.close()
@@ -109,12 +114,25 @@ def test_volume_attributes_come_from_the_volume(pool: TestPool) -> None:
     serve(pool, body)
 
 
-def test_root_and_pool_are_directories(pool: TestPool) -> None:
+def test_root_and_pool_are_directories(pool: TestPool,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    listed: list[tuple[bytes, int]] = []
+
+    def reply(token: object, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        listed.append((name, attr.st_ino))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
     async def body(h: Harness) -> None:
         assert stat.S_ISDIR((await h.fs.getattr(ROOT, ctx())).st_mode)
         entry = await h.fs.lookup(ROOT, b"tank", ctx())
         assert stat.S_ISDIR(entry.st_mode)
+        # the pool's directory has one inode, however it is reached
         assert entry.st_ino == h.pool_inode
+        await h.fs.readdir(await h.fs.opendir(ROOT, ctx()), 0, None)  # type: ignore[arg-type]
+        assert listed == [(b"tank", entry.st_ino)]
+        assert stat.S_ISDIR((await h.fs.getattr(entry.st_ino, ctx())).st_mode)
 
     serve(pool, body)
 
@@ -245,6 +263,30 @@ def test_write_across_the_end_is_cut_short(pool: TestPool) -> None:
     async def body(h: Harness) -> None:
         fh = await h.open("lin")
         assert await h.fs.write(fh, 8 * MiB - 512, b"y" * 4096) == 512
+
+    serve(pool, body)
+
+
+def test_a_write_goes_through_the_volumes_guard_once(pool: TestPool) -> None:
+    async def body(h: Harness) -> None:
+        vio = h.pio.by_name["lin"]
+        guard = vio.guard = PoolGuard(ChecksumStore(h.pio.pool, h.devices))  # type: ignore[arg-type]
+        fh = await h.open("lin")
+        done = trio.Event()
+
+        async def write() -> None:
+            assert await h.fs.write(fh, 0, b"g" * 4096) == 4096
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            async with guard.lock(vio.uuid).exclusive(0, 4096):  # what a move's copy holds
+                nursery.start_soon(write)
+                await trio.sleep(0.05)
+                assert not done.is_set(), "the write did not wait for the guard's range"
+            with trio.fail_after(5):
+                await done.wait()
+        assert guard.stats.guarded_writes == 1
+        assert bytes(await h.fs.read(fh, 0, 4096)) == b"g" * 4096
 
     serve(pool, body)
 

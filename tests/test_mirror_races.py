@@ -58,7 +58,7 @@ class RefusingDevice(DataDevice):
 
 
 class SlowVolume:
-    """A volume whose writes wait for *release*: what the guard wraps (not under test)."""
+    """A volume whose plain writes wait for *release*: what the guard wraps (not under test)."""
 
     def __init__(self, pool: Pool, name: str) -> None:
         self.volume = pool.volume(name)
@@ -69,7 +69,7 @@ class SlowVolume:
         self.release = trio.Event()
         self.started = trio.Event()
 
-    async def write(self, offset: int, data: bytes | memoryview) -> int:
+    async def write_unguarded(self, offset: int, data: bytes | memoryview) -> int:
         self.started.set()
         await self.release.wait()
         return len(data)

@@ -1,8 +1,10 @@
 """The write guard: range locks, block checksums and a move's second copy.
 
-``VolumeFS.write`` hands every write of a volume that has a guard to
-:meth:`PoolGuard.write`, which wraps the volume's own
-:meth:`~vvfs.data.volio.VolumeIO.write` (mirroring, degraded legs: untouched):
+:meth:`~vvfs.data.volio.VolumeIO.write`, the one write entry of the data
+path, hands every write of a volume that has a guard to
+:meth:`PoolGuard.write`, which wraps the volume's plain path
+:meth:`~vvfs.data.volio.VolumeIO.write_unguarded` (mirroring, degraded legs:
+untouched):
 
 * **range lock**: the write registers the 4 KiB-aligned range it covers in
   the volume's :class:`RangeLock` for as long as it is in flight, and first
@@ -21,6 +23,10 @@
 
 Concurrency (trio thread; statements between two awaits are atomic):
 
+* a write enters the guard once, from ``VolumeIO.write``; the guard's own
+  data write is ``VolumeIO.write_unguarded``, called once per request with
+  the range held, never ``VolumeIO.write`` (that would enter the guard
+  again: endless recursion, or a wait on its own exclusive range).
 * writes share a range (``RangeLock.writing``); an exclusive holder
   (``RangeLock.exclusive``) first blocks new writes to its range, then waits
   for the writes in flight there to end -- so while it holds the range no
@@ -218,8 +224,12 @@ class PoolGuard:
                 "move": self.move.record.id if self.move else None}
 
     async def write(self, vio: object, offset: int, data: bytes | memoryview) -> int:
-        """Write *data* at *offset* of volume *vio* through its guard; return bytes written."""
-        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write  # type: ignore[attr-defined]
+        """Write *data* at *offset* of volume *vio* through its guard; return bytes written.
+
+        Called by ``vio.write`` (the write entry); the data goes through
+        ``vio.write_unguarded``.
+        """
+        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write_unguarded  # type: ignore[attr-defined]
         size: int = vio.size  # type: ignore[attr-defined]
         if offset >= size or not len(data):
             return await write(offset, data)
@@ -249,7 +259,7 @@ class PoolGuard:
     async def _guarded(self, vio: object, offset: int, view: memoryview, csum: bool,
                        partial: bool, start: int, end: int, size: int) -> int:
         """The write with checksums and/or a move's shadow; its range is held."""
-        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write  # type: ignore[attr-defined]
+        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write_unguarded  # type: ignore[attr-defined]
         length = len(view)
         moving = self.move
         shadow = moving if moving is not None and vio.uuid in moving.volumes else None  # type: ignore[attr-defined]

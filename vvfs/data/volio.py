@@ -8,8 +8,19 @@ segments), and the calls run concurrently on the node's
 pool's devices and volumes and swaps in new configurations.
 
 Concurrency (every statement holds between two ``await`` points of the one
-trio thread; no locks are needed or taken on this path):
+trio thread; this module takes no locks -- the range locks of a write are
+the guard's):
 
+* **the write entry**: :meth:`VolumeIO.write` is the one entry of writes
+  of volume bytes (the FUSE handler's).  Writers of device bytes do not
+  come here: a move's copy, scrub repairs (``PoolGuard.write_leg``) and
+  resync (:mod:`vvfs.data.mirror`) keep host writes out by their own locks
+  (an exclusive range, a resync's regions).  When the node has attached a
+  guard (``guard``, :class:`vvfs.data.guard.PoolGuard`: range locks,
+  checksums, a move's shadow) it hands the write to ``PoolGuard.write``,
+  which holds the range and calls :meth:`VolumeIO.write_unguarded` for the
+  device I/O; without a guard it calls ``write_unguarded`` itself.  The guard never calls ``write`` (that
+  would enter the guard again), so a write takes its range once.
 * **mirrored volumes** (``mirror`` set by the node and more than one leg):
   reads, writes and flushes go to :class:`vvfs.data.mirror.PoolMirror` --
   read policies, degraded mode, the dirty log; see :mod:`vvfs.data.mirror`.
@@ -19,11 +30,11 @@ trio thread; no locks are needed or taken on this path):
   piece for the ``balanced`` policy (and ``first``), leg 0 for
   ``primary`` -- skipping legs whose device is not open.  The reply waits
   for every device call.
-* **write**: every piece goes to *every* leg; the request completes only
-  when every device call of every leg has completed.  A failure of any call
-  fails the whole request (``DeviceIOError``, EIO at the FUSE boundary); the
-  other calls are still waited for, so no call is left running behind a
-  reply.
+* **write** (``write_unguarded``): every piece goes to *every* leg; the
+  request completes only when every device call of every leg has
+  completed.  A failure of any call fails the whole request
+  (``DeviceIOError``, EIO at the FUSE boundary); the other calls are still
+  waited for, so no call is left running behind a reply.
 * **flush**: every device the volume maps is flushed concurrently; a device
   with no write completed since its last flush returns at once (see
   ``vvfs.io.devio``).  So a flush covers every write that completed before it.
@@ -43,7 +54,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -53,6 +64,9 @@ from metadata.blockdev import DeviceIOError
 from metadata.model import DeviceUUID, Pool, PoolUUID, Volume, VolumeUUID
 from vvfs.errors import NoSpaceError
 from vvfs.io.devio import IOV_MAX, DataDevice
+
+if TYPE_CHECKING:
+    from vvfs.data.guard import PoolGuard
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +111,10 @@ class VolumeIO:
         self.handles: dict[int, int] = {}
         self.stats = VolumeStats()
         self._rr = 0
-        #: the pool's write guard (vvfs/guard.py: range locks, block checksums,
-        #: a move's second copy), set by the node; VolumeFS.write goes through it
-        self.guard: Any = None
+        #: the pool's write guard (vvfs/data/guard.py: range locks, block
+        #: checksums, a move's second copy), set by the node; :meth:`write`
+        #: goes through it when set
+        self.guard: PoolGuard | None = None
         #: the pool's vvfs.data.mirror.PoolMirror (set by the node): mirrored I/O
         self.mirror: Any = None
 
@@ -148,8 +163,25 @@ class VolumeIO:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         """Write *data* at *offset* on every leg; return the bytes written.
 
-        A write that starts at or past the end raises :class:`NoSpaceError`;
-        one that crosses the end is cut short there (as on a block device).
+        The one write entry of the data path: through the guard when the
+        node attached one, else straight to :meth:`write_unguarded` (see
+        the module docstring).  A write that starts at or past the end
+        raises :class:`NoSpaceError`; one that crosses the end is cut short
+        there (as on a block device).  On cancellation: as
+        :meth:`write_unguarded`; the guard releases its locks in ``finally``.
+        """
+        if self.guard is not None:  # range locks, checksums, moves: vvfs/data/guard.py
+            return await self.guard.write(self, offset, data)
+        return await self.write_unguarded(offset, data)
+
+    async def write_unguarded(self, offset: int, data: bytes | memoryview) -> int:
+        """:meth:`write` without the guard: only the device I/O, on every leg.
+
+        Called by :meth:`write` when there is no guard and by
+        ``PoolGuard.write`` once it holds the range; any other writer must
+        call :meth:`write`, or it would bypass range locks, checksums and a
+        move's shadow.  Returns when every device call has ended; cancelled,
+        it still waits for the calls in flight (the module docstring).
         """
         if offset >= self.size:
             raise NoSpaceError(f"volume {self.name}: write at byte {offset} is past its end"

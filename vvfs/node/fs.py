@@ -1,10 +1,11 @@
 """The FUSE file system of a node: ``MNT/POOL/VOLUME``.
 
 The root directory holds one directory per pool; a pool directory holds one
-regular file per volume presented to this host (a volume with an empty host
-list is presented to every host).  A volume file has the volume's size,
-owner, group and mode and one link; it cannot be created, removed, renamed,
-truncated or chmod'ed through the mount -- that is what ``vv`` is for.
+regular file per volume presented to this host (the rule is level 1 of
+resolution, :mod:`mapper.namespace`: a volume with an empty host list is
+presented to every host).  A volume file has the volume's size, owner, group
+and mode and one link; it cannot be created, removed, renamed, truncated or
+chmod'ed through the mount -- that is what ``vv`` is for.
 
 Handlers are thin: they log at debug level, translate arguments, delegate to
 :mod:`vvfs.data.volio` and turn domain errors into ``FUSEError`` (only here).
@@ -40,6 +41,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from mapper import namespace
 from metadata.blockdev import DeviceIOError
 from metadata.model import PoolUUID, Volume, VolumeUUID
 from vvfs.data.volio import PoolChange, PoolIO, VolumeIO
@@ -114,12 +116,8 @@ class VolumeFS(pyfuse3.Operations):
         return ino
 
     def visible(self, volume: Volume) -> bool:
-        """Is *volume* presented to this host?"""
-        return not volume.hosts or bool(self.host_ids & set(volume.hosts))
-
-    def inode_of(self, uuid: str) -> InodeT | None:
-        """The inode of a pool or volume uuid (None if never seen)."""
-        return self._inode_of.get(uuid)
+        """Is *volume* presented to this host? (:func:`mapper.namespace.visible`)"""
+        return namespace.visible(volume, self.host_ids)
 
     def _resolve(self, inode: InodeT) -> tuple[PoolIO | None, VolumeIO | None]:
         """(pool, volume) of *inode*: (None, None) for the root; ENOENT if gone."""
@@ -171,7 +169,7 @@ class VolumeFS(pyfuse3.Operations):
             out = [(self._inode(p.uuid, (p.uuid, None)), p.name) for p in self.pools.values()]
         else:
             out = [(self._inode(v.uuid, (pio.uuid, v.uuid)), v.name)
-                   for v in pio.volumes.values() if self.visible(v.volume)]
+                   for v in namespace.visible_volumes(pio.pool, self.host_ids)]
         return sorted(out)
 
     # ------------------------------------------------------------------
@@ -274,11 +272,8 @@ class VolumeFS(pyfuse3.Operations):
         log.debug("write fh %d %d+%d", fh, off, len(buf))
         if self.readonly:
             raise FUSEError(errno.EROFS)
-        with _WRITE_ERRORS:
-            vio = self._handles[fh]
-            if vio.guard is not None:  # range locks, checksums, moves: vvfs/guard.py
-                return await vio.guard.write(vio, off, buf)
-            return await vio.write(off, buf)
+        with _WRITE_ERRORS:  # guard or plain: VolumeIO.write decides
+            return await self._handles[fh].write(off, buf)
 
     async def flush(self, fh: int) -> None:
         log.debug("flush fh %d", fh)  # close(): writes are already on the devices
