@@ -49,8 +49,7 @@ def _catalog_finding(ctx: Ctx, where: str, message: str, *, sync: bool) -> None:
     if sync:
         f.fix = "re-sync the catalog from the media"
         f.repair = functools.partial(sync_catalog, ctx)
-    else:
+    elif ctx.catalog is not None:  # check_catalog runs with a catalog only
         f.fix = "forget the pool in this catalog (media win)"
-        f.repair = functools.partial(ctx.catalog.drop_pool,  # type: ignore[union-attr]
-                                     ctx.pool.uuid)
+        f.repair = functools.partial(ctx.catalog.drop_pool, ctx.pool.uuid)
     ctx.report(f)
