@@ -382,7 +382,7 @@ def env(root: Path) -> Env:
 
 def assert_repaired_clean(env: Env) -> None:
     """--repair fixes everything (exit 1), then a new run is clean (exit 0)."""
-    from vvfsck import fsck
+    import vvfsck as fsck
 
     fixed = env.repair()
     assert fixed.rc == fsck.EXIT_FOUND, fixed.out + fixed.err

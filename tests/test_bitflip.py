@@ -11,9 +11,9 @@ import random
 
 import pytest
 
+import vvfsck as fsck
 from metadata import format as fmt
 from metadata import media
-from vvfsck import fsck
 
 from .fsck_support import MemPool, mem_pool
 

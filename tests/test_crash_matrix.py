@@ -18,9 +18,9 @@ from collections.abc import Callable
 import pytest
 
 import mapper
+import vvfsck as fsck
 from vvfs.api import Manager
 from vvfs.testing.faultdev import Cut
-from vvfsck import fsck
 
 from .fsck_support import (
     Env,

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 import mapper
+import vvfsck as fsck
 from metadata import format as fmt
 from metadata import media
 from metadata.model import Area, new_uuid
 from vvfs.io.filedev import FileDevice
-from vvfsck import fsck
 
 from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     MDA,

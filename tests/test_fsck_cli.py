@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 import mapper
+import vvfsck as fsck
 from metadata import format as fmt
 from vvfs.state import StateDir
-from vvfsck import fsck
 
 from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     copy_sparse,

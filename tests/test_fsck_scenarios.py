@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 import mapper
+import vvfsck as fsck
 from metadata import format as fmt
 from metadata import media
 from metadata.catalog import Catalog, CatalogError
 from vvfs.api import Manager
 from vvfs.io.filedev import FileDevice
 from vvfs.testing.faultdev import Cut, FaultyDevice
-from vvfsck import fsck
 
 from .fsck_support import (  # noqa: F401 (root, env: fixtures)
     assert_repaired_clean,

@@ -22,10 +22,10 @@ from typing import Any, NamedTuple
 import pytest
 
 import mapper
+import vvfsck as fsck
 from mapper.layout import VolumeMap
 from metadata import dirtylog
 from vvfs.data.mirror import MARK_AHEAD
-from vvfsck import fsck
 
 from .faultfs import FaultFS, faultfs_mounted
 from .mountutil import (

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+import vvfsck as fsck
 from tools import common
 from vvfs.node.client import open_manager
-from vvfsck import fsck
 
 from .mountutil import BIN, MiB, TestPool, mounted, require, run, wait_until
 

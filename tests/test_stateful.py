@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import mapper
+import vvfsck as fsck
 from metadata.errors import ConfigError
 from metadata.model import Pool
 from vvfs.api import Manager
 from vvfs.errors import ApiError
 from vvfs.testing.faultdev import Cut
-from vvfsck import fsck
 
 from .fsck_support import catalog_pool, make_env, media_choice, record_op
 

@@ -1,6 +1,7 @@
 """`vvfsck`: offline check and repair of vvfs pools (see man/vvfsck.8).
 
-Only the command line lives here; the checks are in :mod:`vvfsck.fsck`.
+Only the command line lives here: it builds a :class:`vvfsck.Checker` (the checks are in
+:mod:`vvfsck.checks`, the package docstring of :mod:`vvfsck` says how a run goes).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Callable, Iterator
 import click
 import yaml
 
+import vvfsck
 from metadata.catalog import Catalog, CatalogError
 from metadata.errors import VVError
-from vvfs.errors import LockedError
+from vvfs.errors import FsckError, LockedError
 from vvfs.io.discovery import candidate_paths
 from vvfs.state import CONFIG_NAME, StateDir, resolve_state_dir
-from vvfsck import fsck
 
 from .common import setup_logging, state_dir_option
 
@@ -67,8 +68,9 @@ def cli(devices: tuple[str, ...], pool_name: str | None, state_dir: str | None, 
         checker = _checker(devices, pool_name, state, catalog, deep,
                            writable=rollback is not None)
         if dump:
-            click.echo(yaml.safe_dump(checker.dump(), sort_keys=False, default_flow_style=None), nl=False)
-            return fsck.EXIT_CLEAN
+            click.echo(yaml.safe_dump(checker.dump(), sort_keys=False, default_flow_style=None),
+                       nl=False)
+            return vvfsck.EXIT_CLEAN
         if rollback is not None:
             return checker.rollback(rollback, _confirmer(yes))
         return checker.run(repair=repair, confirm=_confirmer(yes))
@@ -92,8 +94,8 @@ def _state_dir(path: str | None, *, required: bool) -> StateDir | None:
     real = resolve_state_dir(path)
     if not os.path.exists(os.path.join(real, CONFIG_NAME)):
         if required:
-            raise fsck.FsckError(f"no vvfs state directory at {real}: --pool needs the host"
-                                 " that imported the pool (or name its DEVICEs)")
+            raise FsckError(f"no vvfs state directory at {real}: --pool needs the host"
+                            " that imported the pool (or name its DEVICEs)")
         return None
     return StateDir(real)
 
@@ -107,8 +109,8 @@ def _locked(state: StateDir | None) -> Iterator[None]:
         lock = state.locked("vvfsck")
         lock.__enter__()
     except LockedError as exc:
-        raise fsck.FsckError(f"{exc}: a running node (or a vv command) has the pool open;"
-                             " stop it (umount) before running vvfsck") from None
+        raise FsckError(f"{exc}: a running node (or a vv command) has the pool open;"
+                        " stop it (umount) before running vvfsck") from None
     try:
         yield
     finally:
@@ -133,24 +135,24 @@ def _catalog(state: StateDir | None) -> Iterator[Catalog | None]:
 
 
 def _checker(devices: tuple[str, ...], pool_name: str | None, state: StateDir | None,
-             catalog: Catalog | None, deep: bool, writable: bool) -> fsck.Checker:
+             catalog: Catalog | None, deep: bool, writable: bool) -> vvfsck.Checker:
     host_id = state.config.host_id if state else None
     catalog_name = state.config.catalog_url if state else "catalog"
     if pool_name is None:
         paths = [p for arg in devices
                  for p in (candidate_paths([arg]) if os.path.isdir(arg) else [arg])]
-        return fsck.Checker(fsck.PathDevices(paths, writable=writable), emit=click.echo,
-                            catalog=catalog, catalog_name=catalog_name, host_id=host_id,
-                            deep=deep)
+        return vvfsck.Checker(vvfsck.PathDevices(paths, writable=writable), emit=click.echo,
+                              catalog=catalog, catalog_name=catalog_name, host_id=host_id,
+                              deep=deep)
     if state is None:
-        raise fsck.FsckError("--pool needs a state directory")
+        raise FsckError("--pool needs a state directory")
     row = catalog.find_pool(pool_name) if catalog is not None else None
     remembered = catalog.device_paths(row.uuid) if row is not None and catalog else {}
     paths = list(remembered.values()) + candidate_paths(state.config.search_paths)
-    return fsck.Checker(fsck.PathDevices(paths, writable=writable, strict=False),
-                        emit=click.echo, catalog=catalog, catalog_name=catalog_name,
-                        host_id=host_id, deep=deep, pool_uuid=row.uuid if row else None,
-                        pool_name=pool_name, remembered=remembered)
+    return vvfsck.Checker(vvfsck.PathDevices(paths, writable=writable, strict=False),
+                          emit=click.echo, catalog=catalog, catalog_name=catalog_name,
+                          host_id=host_id, deep=deep, pool_uuid=row.uuid if row else None,
+                          pool_name=pool_name, remembered=remembered)
 
 
 def _confirmer(yes: bool) -> Callable[[str], bool]:
@@ -172,17 +174,17 @@ def main(argv: list[str] | None = None) -> None:
         status = cli.main(args=argv, prog_name="vvfsck", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("vvfsck: aborted", err=True)
-        sys.exit(fsck.EXIT_OPERATIONAL)
+        sys.exit(vvfsck.EXIT_OPERATIONAL)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(fsck.EXIT_OPERATIONAL)
+        sys.exit(vvfsck.EXIT_OPERATIONAL)
     except VVError as exc:
         click.echo(f"vvfsck: {exc}", err=True)
-        sys.exit(fsck.EXIT_OPERATIONAL)
+        sys.exit(vvfsck.EXIT_OPERATIONAL)
     except KeyboardInterrupt:
         click.echo("vvfsck: interrupted", err=True)
-        sys.exit(fsck.EXIT_OPERATIONAL)
-    sys.exit(status if isinstance(status, int) else fsck.EXIT_CLEAN)
+        sys.exit(vvfsck.EXIT_OPERATIONAL)
+    sys.exit(status if isinstance(status, int) else vvfsck.EXIT_CLEAN)
 
 
 if __name__ == "__main__":
