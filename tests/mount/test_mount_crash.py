@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .mountutil import MiB, MountedNode, TestPool, fio, require
+from ..support.mountutil import MiB, MountedNode, TestPool, fio, require
 
 pytestmark = pytest.mark.slow
 

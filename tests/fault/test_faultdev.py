@@ -11,7 +11,7 @@ from metadata.blockdev import DeviceIOError
 from vvfs.io.filedev import FileDevice
 from vvfs.testing.faultdev import Cut, FaultyDevice, MemoryDevice, Recorder
 
-from .fsck_support import sparse
+from ..support.fsck_support import sparse
 
 MiB = 1 << 20
 

@@ -14,20 +14,16 @@ from metadata import format as fmt
 from vvfs.state import StateDir
 from vvfsck import fsck
 
-from .fsck_support import (  # noqa: F401 (root, env: fixtures)
+from ..support.fsck_support import (
     copy_sparse,
-    env,
     flip,
     label_of,
-    make_env,
     media_choice,
-    root,
-    scratch,
     sparse,
     vvfsck,
 )
 
-MAN = Path(__file__).resolve().parent.parent / "man" / "vvfsck.8"
+MAN = Path(__file__).resolve().parents[2] / "man" / "vvfsck.8"
 
 
 @pytest.mark.parametrize("args", [

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import yaml
 
 import mapper
@@ -364,19 +363,8 @@ def put_back(path: str, regions: list[tuple[int, bytes]]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Fixtures and assertions shared by the vvfsck test modules (import them by name)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
-    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
-    with scratch(tmp_path) as path:
-        yield path
-
-
-@pytest.fixture
-def env(root: Path) -> Env:
-    return make_env(root)
+# Assertions shared by the vvfsck test modules (their fixtures, ``root`` and
+# ``env``, are in tests/conftest.py)
 
 
 def assert_repaired_clean(env: Env) -> None:

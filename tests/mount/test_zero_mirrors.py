@@ -21,7 +21,7 @@ from vvfs.data import checksums
 from vvfs.io.filedev import FileDevice, zero_range
 from vvfs.testing.faultdev import MemoryDevice
 
-from .mountutil import MiB, TestPool, loop_device, mounted, require
+from ..support.mountutil import MiB, TestPool, loop_device, mounted, require
 
 DEVICE = 256 * MiB
 

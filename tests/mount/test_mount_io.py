@@ -20,7 +20,7 @@ import pytest
 
 from mapper.layout import VolumeMap
 
-from .mountutil import (
+from ..support.mountutil import (
     MOUNT_VVFS,
     MiB,
     MountedNode,

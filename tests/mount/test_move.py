@@ -17,7 +17,7 @@ from tools import common
 from vvfs.node.client import open_manager
 from vvfsck import fsck
 
-from .mountutil import BIN, MiB, TestPool, mounted, require, run, wait_until
+from ..support.mountutil import BIN, MiB, TestPool, mounted, require, run, wait_until
 
 pytestmark = pytest.mark.slow
 

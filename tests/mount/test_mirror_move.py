@@ -31,7 +31,7 @@ from vvfs.data.mirror import PoolMirror
 from vvfs.io.devio import DataDevice, io_limiter
 from vvfs.io.filedev import FileDevice
 
-from .mountutil import MiB, TestPool, mounted, wait_until
+from ..support.mountutil import MiB, TestPool, mounted, wait_until
 from .test_mirror_failover import (
     NODE_OPTIONS,
     _fio_result,
@@ -295,7 +295,7 @@ def _on_a_terminal(pool: TestPool, *args: str, timeout: float = 120) -> str:
     import select
     import subprocess
 
-    from .mountutil import VV
+    from ..support.mountutil import VV
 
     master, slave = pty.openpty()
     env = {**pool.env(), "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}

@@ -20,25 +20,22 @@ from vvfs.io.filedev import FileDevice
 from vvfs.testing.faultdev import Cut, FaultyDevice
 from vvfsck import fsck
 
-from .fsck_support import (  # noqa: F401 (root, env: fixtures)
+from ..support.fsck_support import (
     assert_repaired_clean,
     catalog_pool,
     commit_raw,
     copy_sparse,
-    env,
     label_of,
     make_env,
     media_choice,
     pending_resync,
     record_op,
-    root,
-    scratch,
     state_dir,
     vvfsck,
     zero,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def add_volume(env, name: str = "extra") -> None:

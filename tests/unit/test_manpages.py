@@ -21,7 +21,7 @@ import pytest
 
 from metadata import format as fmt
 
-MAN = Path(__file__).resolve().parent.parent / "man"
+MAN = Path(__file__).resolve().parents[2] / "man"
 #: The pages that must exist; any other page in man/ is checked for rendering too.
 REQUIRED = ["vvfs.5", "vv.8", "mount.vvfs.8"]
 PAGES = sorted(set(REQUIRED) | {p.name for p in MAN.glob("*.[1-8]")})

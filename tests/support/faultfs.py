@@ -1,7 +1,7 @@
 """A small fault-injecting FUSE file system for the tests: a real failing layer.
 
-``python -m tests.faultfs SOURCE MNT`` serves the regular files of directory
-SOURCE (one level, no subdirectories) at MNT, passing reads, writes and
+``python -m tests.support.faultfs SOURCE MNT`` serves the regular files of
+directory SOURCE (one level, no subdirectories) at MNT, passing reads, writes and
 fsyncs through to them (``direct_io``: nothing is cached at this layer, so a
 fault is seen by the very next call).  Faults are set per file by writing
 one command per line to ``MNT/.faultctl``:
@@ -281,9 +281,10 @@ def _mounted(path: Path) -> bool:
 def faultfs_mounted(source: Path, mnt: Path) -> Iterator[FaultFS]:
     """Serve *source* at *mnt* with faultfs; unmount and stop it afterwards, whatever happens."""
     mnt.mkdir(exist_ok=True)
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faultfs", str(source), str(mnt)],
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.faultfs", str(source),
+                             str(mnt)], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
         while not _mounted(mnt):

@@ -3,7 +3,7 @@
 A real node (``vv mount``, daemonized) serves a pool on sparse files; `vv`
 runs as a subprocess with VVFS_STATE_DIR pointing at the node's state
 directory.  Teardown always lazily unmounts, then terminates, then kills the
-node (``tests/mountutil.py``).  The module's mount lies under a directory
+node (``tests/support/mountutil.py``).  The module's mount lies under a directory
 that other users may traverse, so that a second user can be tried.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .mountutil import MiB, MountedNode, TestPool, is_mounted, mounted, require, wait_until
+from ..support.mountutil import MiB, MountedNode, TestPool, is_mounted, mounted, require, wait_until
 
 pytestmark = pytest.mark.slow
 

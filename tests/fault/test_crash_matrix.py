@@ -22,15 +22,13 @@ from vvfs.control.manager import Manager
 from vvfs.testing.faultdev import Cut
 from vvfsck import fsck
 
-from .fsck_support import (
+from ..support.fsck_support import (
     Env,
     make_env,
     media_choice,
     metadata_regions,
     put_back,
     record_op,
-    root,  # noqa: F401 (a fixture)
-    scratch,  # noqa: F401 (a fixture)
 )
 
 OPS: dict[str, Callable[[Manager], object]] = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .mountutil import (
+from ..support.mountutil import (
     MiB,
     TestPool,
     fs_mounted,

@@ -1,7 +1,7 @@
 """Mirrors that survive failures: degraded mode, dirty-range resync, replace, paths, policies.
 
 Real mounts under fio ``--verify``.  A device fails for real: its backing
-file is served by ``tests/faultfs.py``, a small FUSE file system that
+file is served by ``tests/support/faultfs.py``, a small FUSE file system that
 returns EIO (or delays) on command, so the node sees exactly what a dying
 disk gives it.  Every test builds its own pool; mounts are always cleaned
 up (lazy unmount, terminate, kill).
@@ -27,8 +27,8 @@ from metadata import dirtylog
 from vvfs.data.mirror import MARK_AHEAD
 from vvfsck import fsck
 
-from .faultfs import FaultFS, faultfs_mounted
-from .mountutil import (
+from ..support.faultfs import FaultFS, faultfs_mounted
+from ..support.mountutil import (
     BIN,
     GiB,
     MiB,
@@ -412,7 +412,7 @@ def _read_events(proc: subprocess.Popen[bytes], until: str, timeout: float) -> l
 
 
 def test_a_vanished_device_comes_back_by_itself_and_events_stream(tmp_path: Path) -> None:
-    from .mountutil import VV
+    from ..support.mountutil import VV
 
     with faulty_pool(tmp_path, size=64 * MiB) as (pool, ffs), \
             mounted(pool, "probe_interval=0.5", "resync_rate=0") as node:

@@ -34,9 +34,9 @@ from vvfs.errors import LockedError, RefusedError, RemoteError
 from vvfs.node import admin, codec
 from vvfs.node.client import ManagerProxy, NodeClient, node_socket, open_manager, remote_error
 
-from .util import sparse_file
+from ..support.util import sparse_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEV = 256 << 20
 
 

@@ -18,24 +18,21 @@ from metadata.model import Area, new_uuid
 from vvfs.io.filedev import FileDevice
 from vvfsck import fsck
 
-from .fsck_support import (  # noqa: F401 (root, env: fixtures)
+from ..support.fsck_support import (
     MDA,
     assert_repaired_clean,
     catalog_pool,
     commit_raw,
     copy_sparse,
-    env,
     flip,
     label_of,
     make_env,
     media_choice,
     pending_resync,
-    root,
-    scratch,
     sparse,
     zero,
 )
-from .util import CrashAfterWrites
+from ..support.util import CrashAfterWrites
 
 
 def test_clean_pool_is_clean(env):

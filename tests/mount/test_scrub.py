@@ -12,7 +12,7 @@ from mapper.layout import VolumeMap
 from vvfs.data import checksums
 from vvfs.data.checksums import judge
 
-from .mountutil import MiB, TestPool, fio, mounted, require
+from ..support.mountutil import MiB, TestPool, fio, mounted, require
 
 VOLUME = 32 * MiB
 

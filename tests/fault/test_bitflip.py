@@ -15,7 +15,7 @@ from metadata import format as fmt
 from metadata import media
 from vvfsck import fsck
 
-from .fsck_support import MemPool, mem_pool
+from ..support.fsck_support import MemPool, mem_pool
 
 SEEDS_PER_REGION = 250
 REGIONS = ("label A", "area A", "area B", "label B")

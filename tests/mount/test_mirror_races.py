@@ -30,7 +30,7 @@ from vvfs.data.mirror import PoolMirror
 from vvfs.data.volio import VolumeIO
 from vvfs.io.devio import DataDevice, io_limiter
 
-from .mountutil import MiB, TestPool, mounted, require
+from ..support.mountutil import MiB, TestPool, mounted, require
 from .test_mirror_failover import (
     NODE_OPTIONS,
     _fio_result,

@@ -28,7 +28,7 @@ from vvfs.errors import ApiError
 from vvfs.testing.faultdev import Cut
 from vvfsck import fsck
 
-from .fsck_support import catalog_pool, make_env, media_choice, record_op
+from ..support.fsck_support import catalog_pool, make_env, media_choice, record_op
 
 MiB = 1 << 20
 Op = Callable[[Manager], object]

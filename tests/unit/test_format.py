@@ -18,7 +18,7 @@ from metadata.errors import (
 from metadata.model import Device, Pool, new_uuid
 from vvfs.io.filedev import FileDevice
 
-from .util import CrashAfterWrites, sparse_file
+from ..support.util import CrashAfterWrites, sparse_file
 
 DEV_SIZE = 64 << 20
 EXTENT = 1 << 20

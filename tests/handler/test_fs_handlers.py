@@ -25,7 +25,7 @@ from vvfs.data.volio import PoolIO
 from vvfs.io.devio import DataDevice, io_limiter
 from vvfs.node.fs import ROOT, VolumeFS
 
-from .mountutil import MiB, TestPool, read_dev
+from ..support.mountutil import MiB, TestPool, read_dev
 
 KiB = 1024
 
