@@ -113,7 +113,7 @@ class ServerThread:
             self._thread.join(30)
 
 
-def make_pool(root: Path) -> str:
+def state_with_pool(root: Path) -> str:
     """A state directory under *root* with pool tank on three sparse files."""
     state = root / "state"
     devs = [sparse_file(root / f"dev{i}.img", DEV) for i in range(3)]
@@ -124,7 +124,7 @@ def make_pool(root: Path) -> str:
 
 @pytest.fixture
 def state(tmp_path: Path) -> str:
-    return make_pool(tmp_path)
+    return state_with_pool(tmp_path)
 
 
 @pytest.fixture
@@ -464,8 +464,8 @@ def both_ways(tmp_path_factory) -> dict[str, dict[str, tuple[int, str, str]]]:
     base = tmp_path_factory.mktemp("scenario")
     (base / "a").mkdir()
     (base / "b").mkdir()
-    offline_state = make_pool(base / "a")
-    node = StandInNode(make_pool(base / "b"))
+    offline_state = state_with_pool(base / "a")
+    node = StandInNode(state_with_pool(base / "b"))
     try:
         with node.manager.holding_lock("test node"):
             srv = ServerThread(node, node.manager.state.config.socket).start()

@@ -45,7 +45,8 @@ DATA_START = 1 * MiB
 # --------------------------------------------------------------------------
 
 
-def make_pool(name: str = "tank", devices: int = 4, extents: int = 1000) -> Pool:
+def pool_with_devices(name: str = "tank", devices: int = 4, extents: int = 1000) -> Pool:
+    """A pool of *devices* devices with every device column set, and no volumes yet."""
     pool = Pool(uuid=PoolUUID(new_uuid()), name=name, extent_size=EXTENT, created=1700000000.5)
     for i in range(devices):
         pool.devices.append(
@@ -179,37 +180,37 @@ def round_trip(catalog: Catalog, pool: Pool) -> Pool:
 
 
 def test_linear_volume_round_trips(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "root", 10)
     assert round_trip(catalog, pool).to_dict() == pool.to_dict()
 
 
 def test_multi_segment_linear_volume_round_trips(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "grown", 12, segments=3)
     assert round_trip(catalog, pool).to_dict() == pool.to_dict()
 
 
 def test_striped_volume_round_trips(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "fast", 12, stripes=3)
     assert round_trip(catalog, pool).to_dict() == pool.to_dict()
 
 
 def test_mirrored_volume_round_trips(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "safe", 8, mirrors=3, hosts=["h1"])
     assert round_trip(catalog, pool).to_dict() == pool.to_dict()
 
 
 def test_striped_mirrored_volume_round_trips(catalog: Catalog) -> None:
-    pool = make_pool(devices=6)
+    pool = pool_with_devices(devices=6)
     add_volume(pool, "both", 12, stripes=3, mirrors=2, segments=2, hosts=["h2", "h1"])
     assert round_trip(catalog, pool).to_dict() == pool.to_dict()
 
 
 def test_several_volumes_keep_their_order(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     for name in ("zeta", "alpha", "mu"):
         add_volume(pool, name, 2)
     loaded = round_trip(catalog, pool)
@@ -217,7 +218,7 @@ def test_several_volumes_keep_their_order(catalog: Catalog) -> None:
 
 
 def test_pool_level_fields_round_trip(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     pool.generation = 41
     pool.active_host = "host-a"
     pool.operations = [{"kind": "move", "volume": "v", "segment": 0, "done": [1, 2]}]
@@ -227,7 +228,7 @@ def test_pool_level_fields_round_trip(catalog: Catalog) -> None:
 
 
 def test_empty_pool_round_trips(catalog: Catalog) -> None:
-    pool = make_pool(devices=0)
+    pool = pool_with_devices(devices=0)
     assert round_trip(catalog, pool).to_dict() == pool.to_dict()
 
 
@@ -251,7 +252,7 @@ volume_specs = st.lists(
 def test_any_hand_built_pool_round_trips(
     specs: list[tuple[int, int, int, list[str]]], generation: int, active_host: str | None
 ) -> None:
-    pool = make_pool(devices=6)
+    pool = pool_with_devices(devices=6)
     pool.generation = generation
     pool.active_host = active_host
     for i, (stripes, mirrors, segments, hosts) in enumerate(specs):
@@ -274,7 +275,7 @@ def test_any_hand_built_pool_round_trips(
 
 
 def test_resync_forgets_removed_volume(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "keep", 4)
     add_volume(pool, "gone", 4, stripes=2, mirrors=2, hosts=["h1"])
     catalog.sync_pool(checked(pool), paths_of(pool))
@@ -287,7 +288,7 @@ def test_resync_forgets_removed_volume(catalog: Catalog) -> None:
 
 
 def test_resync_updates_renamed_volume(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     vol = add_volume(pool, "old", 4)
     catalog.sync_pool(checked(pool), paths_of(pool))
     vol.name = "new"
@@ -297,7 +298,7 @@ def test_resync_updates_renamed_volume(catalog: Catalog) -> None:
 
 
 def test_resync_replaces_map_and_hosts(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     vol = add_volume(pool, "v", 4, hosts=["h1", "h2"])
     catalog.sync_pool(checked(pool), paths_of(pool))
     vol.segments.append(HandAllocator(pool).segment(4, 4, 2, 1, 65536))
@@ -306,7 +307,7 @@ def test_resync_replaces_map_and_hosts(catalog: Catalog) -> None:
 
 
 def test_resync_updates_generation(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     catalog.sync_pool(pool, {})
     pool.generation = 7
     catalog.sync_pool(pool, {})
@@ -314,7 +315,7 @@ def test_resync_updates_generation(catalog: Catalog) -> None:
 
 
 def test_failed_sync_leaves_previous_copy(catalog: Catalog) -> None:
-    a, b = make_pool("a"), make_pool("b")
+    a, b = pool_with_devices("a"), pool_with_devices("b")
     add_volume(a, "va", 2)
     vb = add_volume(b, "vb", 2)
     catalog.sync_pool(checked(a), paths_of(a))
@@ -328,9 +329,9 @@ def test_failed_sync_leaves_previous_copy(catalog: Catalog) -> None:
 
 
 def test_duplicate_pool_name_refused(catalog: Catalog) -> None:
-    catalog.sync_pool(make_pool("tank"), {})
+    catalog.sync_pool(pool_with_devices("tank"), {})
     with pytest.raises(CatalogError, match="cannot record pool tank"):
-        catalog.sync_pool(make_pool("tank"), {})
+        catalog.sync_pool(pool_with_devices("tank"), {})
 
 
 # --------------------------------------------------------------------------
@@ -339,7 +340,7 @@ def test_duplicate_pool_name_refused(catalog: Catalog) -> None:
 
 
 def test_resync_of_one_pool_leaves_the_other(catalog: Catalog) -> None:
-    a, b = make_pool("a"), make_pool("b")
+    a, b = pool_with_devices("a"), pool_with_devices("b")
     add_volume(a, "v", 4, hosts=["h1"])
     add_volume(b, "v", 4, stripes=2, hosts=["h1"])
     catalog.sync_pool(checked(a), paths_of(a))
@@ -351,7 +352,7 @@ def test_resync_of_one_pool_leaves_the_other(catalog: Catalog) -> None:
 
 
 def test_drop_pool_leaves_the_other(catalog: Catalog) -> None:
-    a, b = make_pool("a"), make_pool("b")
+    a, b = pool_with_devices("a"), pool_with_devices("b")
     add_volume(a, "v", 4)
     add_volume(b, "v", 4)
     catalog.sync_pool(checked(a), paths_of(a))
@@ -362,7 +363,7 @@ def test_drop_pool_leaves_the_other(catalog: Catalog) -> None:
 
 
 def test_drop_pool_removes_every_row(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "v", 4, stripes=2, mirrors=2, hosts=["h"])
     catalog.sync_pool(checked(pool), paths_of(pool))
     catalog.drop_pool(pool.uuid)
@@ -371,7 +372,7 @@ def test_drop_pool_removes_every_row(catalog: Catalog) -> None:
 
 
 def test_drop_pool_keeps_its_events(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     catalog.sync_pool(pool, {})
     catalog.add_event(pool.uuid, "pool-imported", "info", pool.name, "imported")
     catalog.drop_pool(pool.uuid)
@@ -393,7 +394,7 @@ def test_pool_generation_of_unknown_pool_is_none(catalog: Catalog) -> None:
 
 
 def test_find_pool_by_name(catalog: Catalog) -> None:
-    pool = make_pool("tank")
+    pool = pool_with_devices("tank")
     pool.active_host = "h1"
     catalog.sync_pool(pool, {})
     found = catalog.find_pool("tank")
@@ -401,32 +402,32 @@ def test_find_pool_by_name(catalog: Catalog) -> None:
 
 
 def test_find_pool_by_uuid(catalog: Catalog) -> None:
-    pool = make_pool("tank")
+    pool = pool_with_devices("tank")
     catalog.sync_pool(pool, {})
     found = catalog.find_pool(pool.uuid)
     assert found is not None and found.name == "tank"
 
 
 def test_find_pool_unknown_is_none(catalog: Catalog) -> None:
-    catalog.sync_pool(make_pool("tank"), {})
+    catalog.sync_pool(pool_with_devices("tank"), {})
     assert catalog.find_pool("other") is None
 
 
 def test_pools_sorted_by_name(catalog: Catalog) -> None:
     for name in ("c", "a", "b"):
-        catalog.sync_pool(make_pool(name), {})
+        catalog.sync_pool(pool_with_devices(name), {})
     assert [p.name for p in catalog.pools()] == ["a", "b", "c"]
 
 
 def test_device_paths_leave_out_devices_not_found(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     found: dict[str, str] = {pool.devices[0].uuid: "/dev/sdx", pool.devices[2].uuid: "/dev/sdy"}
     catalog.sync_pool(pool, found)
     assert catalog.device_paths(pool.uuid) == found
 
 
 def test_volume_rows_carry_fields_and_hosts(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     vol = add_volume(pool, "v", 4, stripes=2, mirrors=2, hosts=["h2", "h1"])
     catalog.sync_pool(checked(pool), {})
     assert catalog.volumes(pool.uuid) == [
@@ -454,7 +455,7 @@ def test_load_unknown_pool_raises(catalog: Catalog) -> None:
 
 
 def test_load_refuses_inconsistent_areas(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "v", 4, stripes=2)
     catalog.sync_pool(checked(pool), {})
     with catalog.engine.begin() as conn:
@@ -507,7 +508,7 @@ def test_event_row_fields(catalog: Catalog) -> None:
 
 
 def test_file_catalog_persists_across_reopen(url: str) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "v", 6, stripes=2, mirrors=2, hosts=["h1"])
     with Catalog(url) as c:
         c.sync_pool(checked(pool), paths_of(pool))
@@ -523,7 +524,7 @@ def test_file_catalog_uses_wal_and_foreign_keys(catalog: Catalog) -> None:
 
 
 def test_read_transaction_sees_one_snapshot(catalog: Catalog, url: str) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     catalog.sync_pool(pool, {})
     query = select(cat.POOLS.c.generation)
     with catalog.engine.begin() as conn, Catalog(url) as other:
@@ -591,7 +592,7 @@ def test_every_column_is_documented() -> None:
 
 def big_pool(volumes: int) -> Pool:
     """A pool of *volumes* volumes: mostly linear, every 5th striped, every 7th mirrored."""
-    pool = make_pool("big", devices=8, extents=4 * volumes)
+    pool = pool_with_devices("big", devices=8, extents=4 * volumes)
     alloc = HandAllocator(pool)
     for i in range(volumes):
         stripes = 2 if i % 5 == 0 else 1
@@ -634,12 +635,12 @@ def test_ten_thousand_volumes_resync(catalog: Catalog) -> None:
 
 def test_sqlite_in_memory_url_works() -> None:
     with Catalog("sqlite://") as c:
-        c.sync_pool(make_pool(), {})
+        c.sync_pool(pool_with_devices(), {})
         assert len(c.pools()) == 1
 
 
 def test_raw_sql_sees_group_id_column(catalog: Catalog) -> None:
-    pool = make_pool()
+    pool = pool_with_devices()
     add_volume(pool, "v", 2)
     catalog.sync_pool(checked(pool), {})
     with catalog.engine.connect() as conn:

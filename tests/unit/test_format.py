@@ -25,7 +25,7 @@ EXTENT = 1 << 20
 MDA = 256 << 10
 
 
-def make_pool(tmp_path, n=3):
+def committed_pool(tmp_path, n=3):
     """A pool on *n* sparse files, committed at generation 1."""
     pool = Pool(uuid=new_uuid(), name="tank", extent_size=EXTENT, generation=1)
     targets = []
@@ -102,7 +102,7 @@ def test_wrong_magic_named():
 
 
 def test_commit_round_trip(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     choice = reopen(targets)
     assert choice.generation == 1
     assert choice.pool.to_dict() == pool.to_dict()
@@ -110,7 +110,7 @@ def test_commit_round_trip(tmp_path):
 
 
 def test_ring_keeps_several_generations(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     for gen in range(2, 12):
         media.commit_generation(targets, next_gen(pool, gen))
     scan = media.scan_device(targets[0].dev)
@@ -120,7 +120,7 @@ def test_ring_keeps_several_generations(tmp_path):
 
 @pytest.mark.parametrize("where", ["label_a", "label_b"])
 def test_flipped_label_byte_uses_other_copy(tmp_path, where):
-    pool, targets = make_pool(tmp_path)
+    _pool, targets = committed_pool(tmp_path)
     g = targets[0].label.geometry
     flip_byte(targets[0].dev.name, (fmt.LABEL_A_OFFSET if where == "label_a" else g.label_b) + 40)
     scan = media.scan_device(targets[0].dev)
@@ -133,7 +133,7 @@ def test_flipped_label_byte_uses_other_copy(tmp_path, where):
 @pytest.mark.parametrize("copy", [0, 1])
 @pytest.mark.parametrize("part", ["header", "payload"])
 def test_flipped_metadata_byte_uses_other_copy(tmp_path, copy, part):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     g = targets[1].label.geometry
     off = fmt.slot_offset(g, copy, 1) + (20 if part == "header" else fmt.SLOT_HEADER_SIZE + 5)
     flip_byte(targets[1].dev.name, off)
@@ -147,7 +147,7 @@ def test_flipped_metadata_byte_uses_other_copy(tmp_path, copy, part):
 
 
 def test_both_metadata_copies_damaged_on_one_device(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    _pool, targets = committed_pool(tmp_path)
     g = targets[2].label.geometry
     for copy in (0, 1):
         flip_byte(targets[2].dev.name, fmt.slot_offset(g, copy, 1) + fmt.SLOT_HEADER_SIZE + 1)
@@ -157,7 +157,7 @@ def test_both_metadata_copies_damaged_on_one_device(tmp_path):
 
 
 def _writes_of_one_commit(tmp_path) -> int:
-    pool, targets = make_pool(tmp_path / "count")
+    pool, targets = committed_pool(tmp_path / "count")
     counters = [CrashAfterWrites(t.dev, limit=None) for t in targets]
     media.commit_generation([media.Target(c, t.label) for c, t in zip(counters, targets)],
                             next_gen(pool, 2))
@@ -172,7 +172,7 @@ def test_commit_interrupted_after_every_write(tmp_path):
     for crash_at in range(total + 1):
         d = tmp_path / f"crash{crash_at}"
         d.mkdir()
-        pool, targets = make_pool(d)
+        pool, targets = committed_pool(d)
         budget = [crash_at]
         wrapped = [CrashAfterWrites(t.dev, shared_budget=budget) for t in targets]
         new = next_gen(pool, 2)
@@ -192,7 +192,7 @@ def test_commit_interrupted_after_every_write(tmp_path):
 
 
 def test_interrupted_generation_is_not_reused(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     wrapped = [CrashAfterWrites(targets[0].dev, shared_budget=[2])] + [
         CrashAfterWrites(t.dev, shared_budget=[0]) for t in targets[1:]]
     with pytest.raises(media.CommitError):
@@ -205,7 +205,7 @@ def test_interrupted_generation_is_not_reused(tmp_path):
 
 
 def test_missing_device_with_uncommitted_generation_rolls_back(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     # prepare generation 2 on all devices but write no commit record
     budget = [6]
     wrapped = [CrashAfterWrites(t.dev, shared_budget=budget) for t in targets]
@@ -236,7 +236,7 @@ def test_read_error_names_device_and_offset(tmp_path):
 
 
 def test_oversized_configuration_refused(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     big = next_gen(pool, 2)
     big.operations = [{"junk": os.urandom(64).hex()} for _ in range(2000)]
     with pytest.raises(media.CommitError, match="does not fit"):
@@ -245,7 +245,7 @@ def test_oversized_configuration_refused(tmp_path):
 
 
 def test_generation_with_unknown_feature_is_refused_not_rolled_back(tmp_path):
-    pool, targets = make_pool(tmp_path)
+    pool, targets = committed_pool(tmp_path)
     newer = next_gen(pool, 2)
     doc = newer.to_dict()
     doc["features"] = ["frobnicate"]
@@ -276,7 +276,7 @@ def test_slot_of_a_newer_format_version_is_refused(tmp_path):
     import hashlib
     import struct
 
-    pool, targets = make_pool(tmp_path)
+    _pool, targets = committed_pool(tmp_path)
     g = targets[0].label.geometry
     off = fmt.slot_offset(g, 0, 1)
     raw = bytearray(targets[0].dev.pread(fmt.SLOT_HEADER_SIZE, off))

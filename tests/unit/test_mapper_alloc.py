@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Any
@@ -25,7 +26,9 @@ from mapper import (
     usage,
     used_by,
 )
-from metadata.model import Area, Device, DeviceUUID, Pool, PoolUUID, Segment, Volume, VolumeUUID
+from metadata.model import Area, Device, DeviceUUID, Pool, Segment, Volume, VolumeUUID
+
+from ..support.pools import mapper_pool
 
 E = 64 * 1024
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,8 +45,7 @@ def make_device(i: int, extents: int, **kw: Any) -> Device:
     )
 
 
-def make_pool(*devices: Device, extent_size: int = E) -> Pool:
-    return Pool(uuid=PoolUUID("pool-1"), name="p", extent_size=extent_size, devices=list(devices))
+make_pool = functools.partial(mapper_pool, extent_size=E)
 
 
 def linear(name: str, *runs: tuple[str, int, int]) -> Volume:

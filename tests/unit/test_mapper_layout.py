@@ -8,6 +8,7 @@ by the placement code (extents of 64 KiB keep the sector count small).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import pytest
@@ -27,7 +28,9 @@ from mapper import (
     resize_volume,
 )
 from metadata.errors import VVError
-from metadata.model import Area, Device, DeviceUUID, Pool, PoolUUID, Segment, Volume, VolumeUUID
+from metadata.model import Area, Device, DeviceUUID, Pool, Segment, Volume, VolumeUUID
+
+from ..support.pools import mapper_pool
 
 E = 64 * 1024
 SECTOR = 512
@@ -46,8 +49,7 @@ def make_device(i: int, extents: int, data_start: int = 4096, **kw: Any) -> Devi
     )
 
 
-def make_pool(*devices: Device) -> Pool:
-    return Pool(uuid=PoolUUID("pool-1"), name="p", extent_size=E, devices=list(devices))
+make_pool = functools.partial(mapper_pool, extent_size=E)
 
 
 def linear(name: str, size: int, *runs: tuple[str, int, int]) -> Volume:

@@ -11,17 +11,20 @@ from hypothesis import strategies as st
 from mapper import VolumeSpec, create_volume, layout, move, remove_volume, resize_volume, usage
 from mapper.alloc import used_runs
 from metadata.errors import ConfigError
-from metadata.model import Device, DeviceUUID, Pool, PoolUUID
+from metadata.model import Device, DeviceUUID, Pool
+
+from ..support.pools import mapper_pool
 
 MiB = 1 << 20
 E = 4 * MiB
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def make_pool(*extents: int) -> Pool:
+def pool_of_extents(*extents: int) -> Pool:
+    """A mapper pool of devices d0, d1, ... of *extents* extents each, after 1 MiB of labels."""
     devs = [Device(uuid=DeviceUUID(f"dev-{i}"), name=f"d{i}", size=MiB + n * E, data_start=MiB,
                    extent_count=n) for i, n in enumerate(extents)]
-    return Pool(uuid=PoolUUID("pool-1"), name="p", extent_size=E, devices=devs)
+    return mapper_pool(*devs, extent_size=E)
 
 
 def vol(pool: Pool, name: str, extents: int, **kw: Any) -> Pool:
@@ -62,7 +65,7 @@ def assert_accounting(pool: Pool) -> None:
 
 
 def test_plan_reserves_the_destination_and_keeps_the_map() -> None:
-    pool = vol(make_pool(20, 20), "a", 5, on=[("d0", None)])
+    pool = vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)])
     planned = move.plan_move(pool, "a", "d1")
     rec = move.find(planned)
     assert rec is not None and rec.total == 5 and rec.copied == 0
@@ -72,7 +75,7 @@ def test_plan_reserves_the_destination_and_keeps_the_map() -> None:
 
 
 def test_switch_maps_the_destination_and_frees_the_source() -> None:
-    pool = vol(make_pool(20, 20), "a", 5, on=[("d0", None)])
+    pool = vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)])
     planned = move.plan_move(pool, "a", "d1")
     done = move.switch(planned, move.find(planned).id)  # type: ignore[union-attr]
     assert devices_of(done, "a") == {"d1"} and done.operations == []
@@ -82,14 +85,14 @@ def test_switch_maps_the_destination_and_frees_the_source() -> None:
 
 
 def test_abort_gives_back_the_pool_as_it_was() -> None:
-    pool = vol(make_pool(20, 20), "a", 5, on=[("d0", None)])
+    pool = vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)])
     planned = move.plan_move(pool, "a", "d1")
     aborted = move.abort(planned, move.find(planned).id)  # type: ignore[union-attr]
     assert aborted.to_dict() == pool.to_dict()
 
 
 def test_checkpoint_records_progress() -> None:
-    pool = move.plan_move(vol(make_pool(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
+    pool = move.plan_move(vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
     rec = move.find(pool)
     assert rec is not None
     pool = move.checkpoint(pool, rec.id, 3, now=5.0)
@@ -99,7 +102,7 @@ def test_checkpoint_records_progress() -> None:
 
 
 def test_fragmented_destination_splits_segments() -> None:
-    pool = make_pool(20, 10)
+    pool = pool_of_extents(20, 10)
     pool = vol(pool, "x", 2, on=[("d1", None)])
     pool = vol(pool, "y", 2, on=[("d1", None)])
     pool = vol(pool, "z", 2, on=[("d1", None)])
@@ -116,7 +119,7 @@ def test_fragmented_destination_splits_segments() -> None:
 
 
 def test_mirror_leg_moves_with_from() -> None:
-    pool = vol(make_pool(20, 20, 20), "m", 4, mirrors=2)
+    pool = vol(pool_of_extents(20, 20, 20), "m", 4, mirrors=2)
     legs = devices_of(pool, "m")
     spare = ({"d0", "d1", "d2"} - legs).pop()
     src = min(legs)
@@ -128,27 +131,27 @@ def test_mirror_leg_moves_with_from() -> None:
 
 
 def test_a_leg_never_joins_its_twin() -> None:
-    pool = vol(make_pool(20, 20), "m", 4, mirrors=2)
+    pool = vol(pool_of_extents(20, 20), "m", 4, mirrors=2)
     with pytest.raises(move.MoveError, match="legs never share"):
         move.plan_move(pool, "m", "d1", "d0")
 
 
 def test_one_move_at_a_time() -> None:
-    pool = vol(vol(make_pool(20, 20), "a", 2, on=[("d0", None)]), "b", 2, on=[("d0", None)])
+    pool = vol(vol(pool_of_extents(20, 20), "a", 2, on=[("d0", None)]), "b", 2, on=[("d0", None)])
     planned = move.plan_move(pool, "a", "d1")
     with pytest.raises(move.MoveError, match="already in progress"):
         move.plan_move(planned, "b", "d1")
 
 
 def test_validate_refuses_removing_a_moving_volume() -> None:
-    planned = move.plan_move(vol(make_pool(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
+    planned = move.plan_move(vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
     move.validate(planned)
     with pytest.raises(move.MoveError, match="being moved"):
         move.validate(remove_volume(planned, "a"), planned)
 
 
 def test_growing_a_moving_volume_is_allowed() -> None:
-    planned = move.plan_move(vol(make_pool(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
+    planned = move.plan_move(vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
     grown = resize_volume(planned, "a", 8 * E)
     move.validate(grown)
     done = move.switch(grown, move.find(grown).id)  # type: ignore[union-attr]
@@ -157,13 +160,13 @@ def test_growing_a_moving_volume_is_allowed() -> None:
 
 
 def test_reserved_extents_are_not_allocated() -> None:
-    planned = move.plan_move(vol(make_pool(20, 6), "a", 5, on=[("d0", None)]), "a", "d1")
+    planned = move.plan_move(vol(pool_of_extents(20, 6), "a", 5, on=[("d0", None)]), "a", "d1")
     with pytest.raises(ConfigError):
         vol(planned, "b", 2, on=[("d1", None)])
 
 
 def test_evacuate_moves_every_area_off_the_device() -> None:
-    pool = make_pool(20, 20, 20)
+    pool = pool_of_extents(20, 20, 20)
     pool = vol(pool, "m", 3, mirrors=2)
     pool = vol(pool, "l", 4)
     victim = next(iter(devices_of(pool, "m")))
@@ -176,7 +179,7 @@ def test_evacuate_moves_every_area_off_the_device() -> None:
 
 
 def test_malformed_record_is_refused() -> None:
-    planned = move.plan_move(vol(make_pool(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
+    planned = move.plan_move(vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
     op = dict(planned.operations[0])
     op["total"] = 99
     with pytest.raises(move.MoveError):
@@ -184,14 +187,14 @@ def test_malformed_record_is_refused() -> None:
 
 
 def test_record_survives_serialisation() -> None:
-    planned = move.plan_move(vol(make_pool(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
+    planned = move.plan_move(vol(pool_of_extents(20, 20), "a", 5, on=[("d0", None)]), "a", "d1")
     again = Pool.from_dict(planned.to_dict())
     assert move.find(again) == move.find(planned)
 
 
 @st.composite
 def pools_with_volumes(draw: st.DrawFn) -> Pool:
-    pool = make_pool(*draw(st.lists(st.integers(4, 30), min_size=2, max_size=4)))
+    pool = pool_of_extents(*draw(st.lists(st.integers(4, 30), min_size=2, max_size=4)))
     for i in range(draw(st.integers(1, 5))):
         mirrors = draw(st.integers(1, min(2, len(pool.devices))))
         stripes = draw(st.integers(1, max(1, min(2, len(pool.devices) // mirrors))))

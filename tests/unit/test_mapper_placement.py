@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from typing import Any
 
@@ -27,7 +28,9 @@ from mapper import (
     usage,
 )
 from metadata.errors import ConfigError, VVError
-from metadata.model import Area, Device, DeviceUUID, Pool, PoolUUID, Segment, Volume, VolumeUUID
+from metadata.model import Area, Device, DeviceUUID, Pool, Segment, Volume, VolumeUUID
+
+from ..support.pools import mapper_pool
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -47,8 +50,7 @@ def make_device(i: int, extents: int, **kw: Any) -> Device:
     )
 
 
-def make_pool(*devices: Device) -> Pool:
-    return Pool(uuid=PoolUUID("pool-1"), name="p", extent_size=E, devices=list(devices))
+make_pool = functools.partial(mapper_pool, extent_size=E)
 
 
 def gib_device(i: int, gib: float, **kw: Any) -> Device:
