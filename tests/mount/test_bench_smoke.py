@@ -15,6 +15,8 @@ import pytest
 from bench import report
 from bench.workloads import FIO_WORKLOADS, MiB, Result, check_data, fill_file, run_fio
 
+pytestmark = pytest.mark.slow  # real fio runs
+
 SIZE = 8 * MiB
 NAMES = ("raw", "qsd", "vvfs-linear")
 WORKLOADS = [wl for wl in FIO_WORKLOADS if wl.name in ("seq-write", "rand-read-qd1")]

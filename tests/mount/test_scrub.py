@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from mapper.layout import VolumeMap
 from vvfs.data import checksums
 from vvfs.data.checksums import judge
@@ -98,6 +100,7 @@ def _legs_identical(pool: TestPool, name: str) -> bool:
             os.close(fd)
 
 
+@pytest.mark.slow
 def test_scrub_finds_and_repairs_a_bit_flip(fresh_pool: TestPool) -> None:
     require("fio")
     pool = fresh_pool
@@ -138,6 +141,7 @@ def test_scrub_finds_and_repairs_a_bit_flip(fresh_pool: TestPool) -> None:
             "--verify=crc32c", "--verify_only=1", "--verify_fatal=1")
 
 
+@pytest.mark.slow
 def test_scrub_fixes_a_damaged_checksum_entry(fresh_pool: TestPool) -> None:
     """A flipped bit in a checksum entry is a checksum finding, not a data error."""
     pool = fresh_pool

@@ -106,6 +106,7 @@ def test_zero_punches_a_hole_in_a_regular_file(tmp_path: Path) -> None:
     assert data[:4 * MiB] == chunk * 4 and data[12 * MiB:] == chunk * 4
 
 
+@pytest.mark.slow
 def test_zero_uses_blkzeroout_on_a_loop_device(tmp_path: Path) -> None:
     require("losetup")
     path = tmp_path / "f"
@@ -189,6 +190,7 @@ def test_a_linear_volume_keeps_what_the_device_held(tmp_path: Path) -> None:
 # through a node: scrub finds nothing
 
 
+@pytest.mark.slow
 def test_scrub_of_a_new_mirror_over_dirty_devices_is_clean(tmp_path: Path) -> None:
     pool = _dirty_pool(tmp_path)
     pool.create_volume("m", 32 * MiB, mirrors=2)
@@ -199,6 +201,7 @@ def test_scrub_of_a_new_mirror_over_dirty_devices_is_clean(tmp_path: Path) -> No
         assert "(clean)" in res.stdout, res.stdout
 
 
+@pytest.mark.slow
 def test_mirror_created_in_the_node_over_a_removed_one_scrubs_clean(tmp_path: Path) -> None:
     """The node's checksum cache holds the old volume's entries: they must not come back.
 

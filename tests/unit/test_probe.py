@@ -301,6 +301,7 @@ def test_detects_mbr(tmp_path: Path) -> None:
     assert [(s.type, s.offset) for s in foreign_signatures(str(image))] == [("dos", 0x1FE)]
 
 
+@pytest.mark.slow
 def test_detects_lvm2_physical_volume(tmp_path: Path) -> None:
     image = sparse(tmp_path, "pv.img", 64 * MiB)
     require("pvcreate", "lvm2")
@@ -353,6 +354,7 @@ def test_detects_zfs_label(tmp_path: Path) -> None:
     assert "zfs_member" in types(image)
 
 
+@pytest.mark.slow
 def test_signatures_of_a_loop_device_match_its_file(tmp_path: Path) -> None:
     image = sparse(tmp_path, "fs.img", 64 * MiB)
     run("mkfs.ext4", "e2fsprogs", "-F", "-q", str(image))
@@ -397,6 +399,7 @@ def test_wipe_signatures_removes_ext4(tmp_path: Path) -> None:
     assert foreign_signatures(str(image)) == []
 
 
+@pytest.mark.slow
 def test_wipe_signatures_refuses_a_file_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "fs.img", 64 * MiB)
     run("mkfs.ext4", "e2fsprogs", "-F", "-q", str(image))
@@ -413,12 +416,14 @@ def test_unused_file_is_not_in_use(tmp_path: Path) -> None:
     assert in_use(str(sparse(tmp_path, "free.img", MiB))) is None
 
 
+@pytest.mark.slow
 def test_file_attached_to_a_loop_device_is_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "attached.img", 64 * MiB)
     with loop_device(image) as dev:
         assert in_use(str(image)) == f"{image} is the backing file of {dev}"
 
 
+@pytest.mark.slow
 def test_file_attached_through_a_symlink_is_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "attached.img", 64 * MiB)
     link = tmp_path / "link"
@@ -427,6 +432,7 @@ def test_file_attached_through_a_symlink_is_in_use(tmp_path: Path) -> None:
         assert in_use(str(image)) == f"{image} is the backing file of {dev}"
 
 
+@pytest.mark.slow
 def test_file_whose_loop_device_is_mounted_is_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "fs.img", 64 * MiB)
     run("mkfs.ext4", "e2fsprogs", "-F", "-q", str(image))
@@ -434,6 +440,7 @@ def test_file_whose_loop_device_is_mounted_is_in_use(tmp_path: Path) -> None:
         assert in_use(str(image)) == f"{image} is attached to {dev}, which is mounted on {mnt}"
 
 
+@pytest.mark.slow
 def test_mounted_loop_device_is_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "fs.img", 64 * MiB)
     run("mkfs.ext4", "e2fsprogs", "-F", "-q", str(image))
@@ -441,6 +448,7 @@ def test_mounted_loop_device_is_in_use(tmp_path: Path) -> None:
         assert in_use(dev) == f"{dev} is mounted on {mnt}"
 
 
+@pytest.mark.slow
 def test_loop_device_with_a_mounted_partition_is_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "disk.img", 64 * MiB)
     run("sfdisk", "fdisk", "--quiet", str(image), stdin="label: dos\n,,L\n")
@@ -455,6 +463,7 @@ def test_loop_device_with_a_mounted_partition_is_in_use(tmp_path: Path) -> None:
             assert in_use(dev) == f"{dev} has partition {dev}p1 mounted on {mnt}"
 
 
+@pytest.mark.slow
 def test_mounted_btrfs_is_found_by_its_source_device(tmp_path: Path) -> None:
     # btrfs reports an anonymous device number in mountinfo, not the loop's.
     image = sparse(tmp_path, "fs.img", 256 * MiB)
@@ -467,6 +476,7 @@ def test_mounted_btrfs_is_found_by_its_source_device(tmp_path: Path) -> None:
             run("btrfs", "btrfs-progs", "device", "scan", "--forget", dev)
 
 
+@pytest.mark.slow
 def test_bind_mounted_file_is_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "f.img", MiB)
     target = tmp_path / "target"
@@ -478,6 +488,7 @@ def test_bind_mounted_file_is_in_use(tmp_path: Path) -> None:
         subprocess.run([require("umount", "mount"), str(target)], check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_unmounted_loop_device_is_not_in_use(tmp_path: Path) -> None:
     image = sparse(tmp_path, "free.img", 64 * MiB)
     with loop_device(image) as dev:
@@ -497,6 +508,7 @@ def test_device_size_of_a_file(tmp_path: Path) -> None:
     assert device_size(str(sparse(tmp_path, "f.img", 5 * MiB + 512))) == 5 * MiB + 512
 
 
+@pytest.mark.slow
 def test_device_size_of_a_loop_device(tmp_path: Path) -> None:
     image = sparse(tmp_path, "f.img", 24 * MiB)
     with loop_device(image) as dev:
@@ -518,6 +530,7 @@ def test_device_size_of_a_missing_path_is_an_error(tmp_path: Path) -> None:
         device_size(str(tmp_path / "missing.img"))
 
 
+@pytest.mark.slow
 def test_loop_device_is_a_block_device(tmp_path: Path) -> None:
     with loop_device(sparse(tmp_path, "f.img", MiB)) as dev:
         assert is_block_device(dev)
