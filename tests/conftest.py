@@ -1,8 +1,10 @@
-"""Shared fixtures: a pool on sparse files, and the same pool mounted by a node.
+"""Shared fixtures: a pool on sparse files, the same pool mounted by a node, and the
+small Manager-made pools of the vvfsck tests.
 
-Mount fixtures always clean up in ``finally``: the FUSE mount is lazily
-unmounted if still there, then the node is terminated, then killed (see
-``tests/mountutil.py``).
+Helpers live in :mod:`tests.support`; fixtures live here, so that test modules
+never import a fixture by name.  Mount fixtures always clean up in ``finally``:
+the FUSE mount is lazily unmounted if still there, then the node is terminated,
+then killed (see ``tests/support/mountutil.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .mountutil import MiB, MountedNode, TestPool, mounted, require
+from .support.fsck_support import Env, make_env, scratch
+from .support.mountutil import MiB, MountedNode, TestPool, mounted, require
 
 KiB = 1024
 
@@ -41,3 +44,16 @@ def fresh_pool(tmp_path: Path) -> TestPool:
     """An empty pool of three 1 GiB sparse files, for one test."""
     require()
     return TestPool(tmp_path)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """Devices and state directory on tmpfs when there is one (fsync is free there)."""
+    with scratch(tmp_path) as path:
+        yield path
+
+
+@pytest.fixture
+def env(root: Path) -> Env:
+    """Pool "tank" made by the Manager on three 64 MiB sparse files, with two volumes."""
+    return make_env(root)

@@ -1,0 +1,107 @@
+"""Smoke test of the benchmark's parsing, ratio and report code on real fio runs.
+
+A few sub-second fio jobs against a plain file stand in for every target
+(the same file under the names ``raw``, ``qsd`` and ``vvfs-linear``); no
+mount, no peer, no full benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench import report
+from bench.workloads import FIO_WORKLOADS, MiB, Result, check_data, fill_file, run_fio
+
+pytestmark = pytest.mark.slow  # real fio runs
+
+SIZE = 8 * MiB
+NAMES = ("raw", "qsd", "vvfs-linear")
+WORKLOADS = [wl for wl in FIO_WORKLOADS if wl.name in ("seq-write", "rand-read-qd1")]
+
+
+@pytest.fixture(scope="module")
+def fio_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if shutil.which("fio") is None:
+        pytest.fail("fio is not installed: apt-get install fio (Debian package 'fio')")
+    path = str(tmp_path_factory.mktemp("bench") / "plain.img")
+    fill_file(path, SIZE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(fio_file: str, tmp_path_factory: pytest.TempPathFactory) -> list[Result]:
+    workdir = str(tmp_path_factory.mktemp("fio"))
+    return [run_fio(name, fio_file, wl, size=SIZE, runtime=0.3, ramp=0.0, workdir=workdir)
+            for wl in WORKLOADS for name in NAMES]
+
+
+@pytest.fixture(scope="module")
+def doc(results: list[Result]) -> dict:
+    meta = {"started": "2000-01-01 00:00:00", "mode": "smoke", "size_mib": 8,
+            "runtime_s": 0.3, "ramp_s": 0.0, "tree_mib": 0}
+    targets = [{"name": n, "title": n, "path": None, "cache": "O_DIRECT", "pids": [],
+                "skipped": None, "data_check": "ok"} for n in NAMES]
+    return report.document(meta, targets, results, {"volumes": 1, "devices": 1,
+                                                     "open_s": 0.01})
+
+
+def test_fio_results_are_parsed(results: list[Result]) -> None:
+    for r in results:
+        assert r.error is None, r.error
+        assert r.mib_s and r.mib_s > 0
+        assert r.iops and r.iops > 0
+        assert r.lat_p50_us and r.lat_p99_us and r.lat_p99_us >= r.lat_p50_us
+
+
+def test_ratio_to_self_is_one(results: list[Result]) -> None:
+    rat = report.ratios(results)
+    for wl in WORKLOADS:
+        assert rat[("raw", wl.name)]["raw"]["throughput"] == pytest.approx(1.0)
+        assert rat[("qsd", wl.name)]["qsd"]["p99"] == pytest.approx(1.0)
+
+
+def test_markdown_has_a_row_per_target_and_workload(doc: dict) -> None:
+    md = report.markdown(doc)
+    for wl in WORKLOADS:
+        for name in NAMES:
+            assert f"| {wl.name} | {name} | " in md
+    assert "## Issue 6 part 3 targets" in md
+    assert "| linear >= qsd | rand-read-qd1 |" in md
+    assert "| open_s | 0.010 |" in md
+
+
+def test_json_round_trips_with_ratios(doc: dict, tmp_path) -> None:
+    js, _ = report.write(doc, str(tmp_path))
+    with open(js) as f:
+        back = json.load(f)
+    rows = {(r["target"], r["workload"]): r for r in back["results"]}
+    assert set(rows) == {(n, wl.name) for n in NAMES for wl in WORKLOADS}
+    row = rows[("vvfs-linear", "seq-write")]
+    assert set(row["ratio"]) == {"raw", "qsd"}
+    assert row["ratio"]["raw"]["throughput"] > 0
+    assert any(g["goal"] == "linear >= qsd" and g["status"] in ("PASS", "MISS")
+               for g in back["goals"])
+
+
+def test_a_failed_run_is_a_row_with_an_error(doc: dict) -> None:
+    bad = [Result("nbdfuse", "seq-write", error="fio failed: boom")]
+    md = report.markdown({**doc, "targets": doc["targets"] + [
+        {"name": "nbdfuse", "title": "n", "path": None, "cache": "", "pids": [],
+         "skipped": None, "data_check": None}],
+        "results": doc["results"] + [r.to_dict() for r in bad]})
+    assert "| seq-write | nbdfuse | error: fio failed: boom |" in md
+
+
+def test_data_check_passes_on_a_plain_file(fio_file: str) -> None:
+    assert check_data(fio_file, SIZE) is None
+
+
+def test_chart_renders(doc: dict, tmp_path) -> None:
+    from bench import chart  # needs matplotlib: the test extra installs it
+
+    out = chart.render(doc, str(tmp_path / "chart.png"))
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
