@@ -44,7 +44,8 @@ $(STAMP): setup.cfg pyproject.toml | deps
 
 venv: deps $(STAMP)
 
-test: venv
+# The lint runs first: a broken layer contract or a type error fails `make test`.
+test: venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: venv
@@ -76,8 +77,12 @@ bench: venv
 	  $(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# ruff on everything, mypy on the product packages (pyproject.toml), and the
+# import contracts of the rooms (setup.cfg [importlinter], docs/architecture.md).
 lint: venv
-	$(VENV)/bin/ruff check metadata mapper vvfs tools tests bench
+	$(VENV)/bin/ruff check metadata mapper vvfs vvfsck tools tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

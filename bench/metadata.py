@@ -17,6 +17,7 @@ Prints a markdown table and writes JSON next to it with ``--json FILE``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ def run(volumes: int, devices: int, full: bool, samples: int) -> dict:
                     made = target
                 points[target] = single_commit_cost(mgr, f"s{target}", samples)
             sizes = sorted(points)
-            total = sum((points[a] + points[b]) / 2 * (b - a) for a, b in zip(sizes, sizes[1:]))
+            total = sum((points[a] + points[b]) / 2 * (b - a) for a, b in itertools.pairwise(sizes))
             out["single_commit_s_at"] = {str(k): round(v, 4) for k, v in points.items()}
             out["one_commit_each_s"] = total
             out["one_commit_each_measured"] = False
@@ -102,7 +103,7 @@ def run(volumes: int, devices: int, full: bool, samples: int) -> dict:
         out["open_s"] = dt
         pool = op.pool
         op.close()
-        enc, payload = fmt.encode_payload(pool.to_dict())
+        _enc, payload = fmt.encode_payload(pool.to_dict())
         out["config_bytes_compressed"] = len(payload)
         out["config_bytes_json"] = len(json.dumps(pool.to_dict(), separators=(",", ":")))
         out["slot_capacity_bytes"] = fmt.plan_geometry(64 << 30, pool.extent_size).max_payload

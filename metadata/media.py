@@ -295,6 +295,18 @@ def diverged(scan: DeviceScan, choice: Choice) -> str | None:
     return None
 
 
+def _candidates(scans: list[DeviceScan]) -> dict[tuple[int, bytes], list[DeviceScan]]:
+    """(generation, digest) -> the scans holding a slot of it, in scan order."""
+    candidates: dict[tuple[int, bytes], list[DeviceScan]] = {}
+    for s in scans:
+        for gen, copies in s.slots.items():
+            for digest in {c.header.digest for c in copies}:
+                holders = candidates.setdefault((gen, digest), [])
+                if s not in holders:
+                    holders.append(s)
+    return candidates
+
+
 def choose_generation(scans: list[DeviceScan]) -> Choice:
     """Pick the generation the pool opens at (see module docstring).
 
@@ -305,13 +317,7 @@ def choose_generation(scans: list[DeviceScan]) -> Choice:
     if newer:
         raise UnsupportedFeatureError(newer[0].device, newer[0].offset,
                                       newer[0].what + "; refusing to open the pool")
-    candidates: dict[tuple[int, bytes], list[DeviceScan]] = {}
-    for s in scans:
-        for gen, copies in s.slots.items():
-            for digest in {c.header.digest for c in copies}:
-                holders = candidates.setdefault((gen, digest), [])
-                if s not in holders:
-                    holders.append(s)
+    candidates = _candidates(scans)
     if not candidates:
         raise NoValidGenerationError(
             "no valid configuration generation on " + ", ".join(s.name for s in scans)

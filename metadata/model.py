@@ -25,6 +25,7 @@ device (checked by :func:`Pool.check`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import time
 import uuid as uuidlib
@@ -301,24 +302,7 @@ class Pool:
                 if s.start != expect:
                     raise ConfigError(f"volume {v.name}: segment at {s.start}, expected {expect}")
                 expect += s.length
-                if s.stripes < 1 or s.length <= 0 or s.length % s.stripes:
-                    raise ConfigError(f"volume {v.name}: segment length not a multiple of stripes")
-                if not s.areas or any(len(leg) != s.stripes for leg in s.areas):
-                    raise ConfigError(f"volume {v.name}: segment areas do not match stripes")
-                seg_devs = [a.device for leg in s.areas for a in leg]
-                if len(set(seg_devs)) != len(seg_devs):
-                    raise ConfigError(f"volume {v.name}: segment at {s.start} uses a device twice")
-                for leg in s.areas:
-                    for a in leg:
-                        dev = devs.get(a.device)
-                        if dev is None:
-                            raise ConfigError(f"volume {v.name}: unknown device {a.device}")
-                        if a.start < 0 or a.start + s.area_length > dev.extent_count:
-                            raise ConfigError(
-                                f"volume {v.name}: extents {a.start}+{s.area_length}"
-                                f" outside device {dev.name}"
-                            )
-                        runs.setdefault(a.device, []).append((a.start, s.area_length, v.name))
+                _check_segment(v, s, devs, runs)
             if expect * self.extent_size < v.size:
                 raise ConfigError(f"volume {v.name}: maps {expect} extents, too few for its size")
         for dev_uuid, start, count, what in reserved_runs(self):
@@ -328,11 +312,35 @@ class Pool:
             runs.setdefault(dev_uuid, []).append((start, count, what))
         for dev_uuid, dev_runs in runs.items():
             dev_runs.sort()
-            for (s1, n1, v1), (s2, _n2, v2) in zip(dev_runs, dev_runs[1:]):
+            for (s1, n1, v1), (s2, _n2, v2) in itertools.pairwise(dev_runs):
                 if s1 + n1 > s2:
                     raise ConfigError(
                         f"extent {s2} of device {devs[dev_uuid].name} used by {v1} and {v2}"
                     )
+
+
+
+def _check_segment(v: Volume, s: Segment, devs: dict[str, Device],
+                   runs: dict[str, list[tuple[int, int, str]]]) -> None:
+    """ConfigError unless segment *s* of *v* is well formed; add its extents to *runs*."""
+    if s.stripes < 1 or s.length <= 0 or s.length % s.stripes:
+        raise ConfigError(f"volume {v.name}: segment length not a multiple of stripes")
+    if not s.areas or any(len(leg) != s.stripes for leg in s.areas):
+        raise ConfigError(f"volume {v.name}: segment areas do not match stripes")
+    seg_devs = [a.device for leg in s.areas for a in leg]
+    if len(set(seg_devs)) != len(seg_devs):
+        raise ConfigError(f"volume {v.name}: segment at {s.start} uses a device twice")
+    for leg in s.areas:
+        for a in leg:
+            dev = devs.get(a.device)
+            if dev is None:
+                raise ConfigError(f"volume {v.name}: unknown device {a.device}")
+            if a.start < 0 or a.start + s.area_length > dev.extent_count:
+                raise ConfigError(
+                    f"volume {v.name}: extents {a.start}+{s.area_length}"
+                    f" outside device {dev.name}"
+                )
+            runs.setdefault(a.device, []).append((a.start, s.area_length, v.name))
 
 
 def reserved_runs(pool: Pool, strict: bool = True) -> list[tuple[str, int, int, str]]:

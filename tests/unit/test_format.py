@@ -140,7 +140,7 @@ def test_flipped_metadata_byte_uses_other_copy(tmp_path, copy, part):
     choice = reopen(targets)
     assert choice.generation == 1
     assert choice.pool.to_dict() == pool.to_dict()
-    scan = [s for s in choice.scans if s.dev is targets[1].dev][0]
+    scan = next(s for s in choice.scans if s.dev is targets[1].dev)
     assert any(f.offset == fmt.slot_offset(g, copy, 1) or
                f.offset == fmt.slot_offset(g, copy, 1) + fmt.SLOT_HEADER_SIZE
                for f in scan.findings)

@@ -342,8 +342,8 @@ def _commit_replacement(s: PoolSession, op: OpenPool, olddev: Device, device: De
 
 def _mark_ranges_offline(op: OpenPool, ranges: Sequence[tuple[str, int, int]]) -> None:
     by_dev: dict[str, list[tuple[int, int]]] = {}
-    for d, off, n in ranges:
-        by_dev.setdefault(d, []).append((off, n))
+    for uuid, off, n in ranges:
+        by_dev.setdefault(uuid, []).append((off, n))
     for sc in op.choice.scans:
         if sc.device_uuid not in by_dev:
             continue

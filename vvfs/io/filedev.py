@@ -17,6 +17,7 @@ import logging
 import os
 import stat
 import struct
+from typing import Self
 
 from metadata.blockdev import BlockDevice, DeviceIOError
 
@@ -127,7 +128,7 @@ class FileDevice:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> FileDevice:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

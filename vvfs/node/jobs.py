@@ -446,7 +446,7 @@ class Jobs:
         return task.progress() if task is not None else None
 
     def restart(self, pool_uuid: str) -> None:
-        pio = self.node.pools.get(pool_uuid)
+        pio = self.node.pools.get(PoolUUID(pool_uuid))
         if pio is not None:
             self.pool_changed(pio)
 
