@@ -100,7 +100,7 @@ import errno
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1476,9 +1476,3 @@ class PoolMirror:
                 "logs": {names.get(u, u): lg.statistics() for u, lg in self.logs.items()},
                 "jobs": [j.progress(names) for j in self.jobs]}
 
-
-async def gather(jobs: list[Callable[[], Awaitable[None]]]) -> None:
-    """Run *jobs* concurrently and wait for all (exceptions propagate)."""
-    async with trio.open_nursery() as nursery:
-        for job in jobs:
-            nursery.start_soon(job)
