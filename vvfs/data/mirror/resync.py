@@ -42,6 +42,7 @@ import trio
 from mapper.layout import Loc
 from mapper.mirrors import Span
 from metadata.blockdev import DeviceIOError
+from metadata.dirtylog import LogGeometry
 from metadata.model import DeviceUUID
 from vvfs.data.checksums import BLOCK, ENTRY, block_crcs, judge, pack
 from vvfs.data.mirror.calls import Call, run_calls
@@ -107,6 +108,21 @@ class ResyncJob:
                 "regions_left": self.regions_left,
                 "rate_limit": self.rate, "started": self.started, "finished": self.finished,
                 "elapsed": elapsed, "error": self.error}
+
+
+@dataclass
+class _Pass:
+    """What one run of a job did so far (:meth:`ResyncEngine._resync`)."""
+
+    #: regions copied to every leg and not yet settled: (keys, gate seqs when copied)
+    pending: list[tuple[set[Key], dict[Key, int]]] = field(default_factory=list)
+    #: regions done in this job (a copy's other legs included)
+    copied: set[Key] = field(default_factory=set)
+    #: per target, regions of this job that could not be copied to every leg
+    left: dict[str, int] = field(default_factory=dict)
+    #: bytes copied since the last settle
+    batch: int = 0
+    last_event: float = field(default_factory=time.monotonic)
 
 
 class ResyncEngine:
@@ -206,6 +222,23 @@ class ResyncEngine:
                     self.needs_resync = False
 
     async def _resync(self, job: ResyncJob) -> None:
+        """Resync every region of the plan, then say how the job ended (in *job*)."""
+        work = self._plan(job)
+        run = _Pass()
+        for uuid, r in work:
+            if self._target_failed(job):
+                return
+            await self._region(job, run, uuid, r)
+        await self._settle(run.pending)
+        self._result(job, run.left)
+
+    def _plan(self, job: ResyncJob) -> list[Key]:
+        """The (device, region) keys to resync, in device order; counts them in *job*.
+
+        A region counts once with its copies on the other legs (which are
+        keys of the plan too, but done with it).  Emits the start event.
+        """
+        core = self.core
         work = self._work()
         job.regions = job.total = 0
         seen: set[Key] = set()
@@ -213,75 +246,96 @@ class ResyncEngine:
             if (u, r) in seen:
                 continue
             job.regions += 1
-            spans = self.core.index.spans(u, self.core.geos[u].region_start(r), self.core.geos[u].region)
-            seen |= {(loc.device, self.core.geos[loc.device].region_of(loc.offset))
-                     for s in spans for loc in s.legs if loc.device in self.core.geos}
+            spans = core.index.spans(u, core.geos[u].region_start(r), core.geos[u].region)
+            seen |= self._copies(spans)
             job.total += sum(s.length for s in spans)
-        names = self.core.names
-        self.core.emit("resync-progress", "info", self.job_object(job),
+        names = core.names
+        to = ", ".join(sorted(names.get(t, t) for t in job.targets))
+        core.emit("resync-progress", "info", self.job_object(job),
                   f"resync {job.id} ({job.kind}) started: {job.regions} dirty regions,"
-                  f" {job.total} bytes to copy" + (f" to {', '.join(sorted(names.get(t, t) for t in job.targets))}" if job.targets else ""))
-        pending: list[tuple[set[Key], dict[Key, int]]] = []
-        copied: set[Key] = set()  # regions done in this job (a copy's other legs included)
-        #: per target, regions of this job that could not be copied to every leg
-        left: dict[str, int] = {}
-        batch = 0
-        last_event = time.monotonic()
-        for uuid, r in work:
-            for t in job.targets:
-                if t not in self.core.devices:
-                    job.error = f"device {self.core.name_of(t)} failed during its resync"
-                    return
-            lg = self.core.logs.get(uuid)
-            if lg is None or not lg.is_set(r) or uuid not in self.core.devices \
-                    or (uuid, r) in copied:
-                continue
-            geo = self.core.geos[uuid]
-            spans = self.core.index.spans(uuid, geo.region_start(r), geo.region)
-            if not spans:
-                lg.clear([r])
-                job.regions_done += 1
-                continue
-            keys: set[Key] = {(loc.device, self.core.geos[loc.device].region_of(loc.offset))
-                              for s in spans for loc in s.legs if loc.device in self.core.geos}
-            stale_map = False
-            async with self.core.gate.holding(keys):
-                # the configuration may have changed while this waited: use the
-                # current map, and leave the region to a later pass if it grew
-                spans = self.core.index.spans(uuid, geo.region_start(r), geo.region)
-                stale_map = not {(loc.device, self.core.geos[loc.device].region_of(loc.offset))
-                                 for s in spans for loc in s.legs
-                                 if loc.device in self.core.geos} <= keys
-                whole = not stale_map
-                n = 0
-                for s in [] if stale_map else spans:
-                    done, copied_bytes = await self._copy_span(s, job)
-                    whole &= done
-                    n += copied_bytes
-                seqs: dict[Key, int] = {k: self.core.gate.seq.get(k, 0) for k in keys}
-                if whole:  # the legs agree again (no write is in flight here)
-                    self.core.suspect -= keys
-            if whole:
-                pending.append((keys, seqs))
-                copied |= keys
-            else:
-                job.regions_left += 1
-                for t in job.targets & {loc.device for s in spans for loc in s.legs}:
-                    left[t] = left.get(t, 0) + 1
-            job.done += n
+                  f" {job.total} bytes to copy" + (f" to {to}" if job.targets else ""))
+        return work
+
+    def _copies(self, spans: list[Span]) -> set[Key]:
+        """The keys of every leg of *spans*: a region and its copies on the other legs."""
+        geos = self.core.geos
+        return {(loc.device, geos[loc.device].region_of(loc.offset))
+                for s in spans for loc in s.legs if loc.device in geos}
+
+    def _target_failed(self, job: ResyncJob) -> bool:
+        """Did a target of *job* fail? (then the job says so and ends)"""
+        for t in job.targets:
+            if t not in self.core.devices:
+                job.error = f"device {self.core.name_of(t)} failed during its resync"
+                return True
+        return False
+
+    async def _region(self, job: ResyncJob, run: _Pass, uuid: str, r: int) -> None:
+        """Resync region *r* of *uuid* with its copies, unless its bit is clear or it is done."""
+        core = self.core
+        lg = core.logs.get(uuid)
+        if lg is None or not lg.is_set(r) or uuid not in core.devices \
+                or (uuid, r) in run.copied:
+            return
+        geo = core.geos[uuid]
+        spans = core.index.spans(uuid, geo.region_start(r), geo.region)
+        if not spans:
+            lg.clear([r])
             job.regions_done += 1
-            batch += n
-            self.core.stats.resync_bytes += n
-            await job.throttle.consume(n)
-            if batch >= RESYNC_BATCH:
-                await self._settle(pending)
-                pending, batch = [], 0
-            if time.monotonic() - last_event > PROGRESS_EVERY:
-                last_event = time.monotonic()
-                pct = 100 * job.done // job.total if job.total else 100
-                self.core.emit("resync-progress", "info", self.job_object(job),
-                          f"resync {job.id}: {job.done} of {job.total} bytes ({pct}%)")
-        await self._settle(pending)
+            return
+        keys = self._copies(spans)
+        whole, n, spans, seqs = await self._copy_region(job, uuid, geo, r, keys)
+        if whole:
+            run.pending.append((keys, seqs))
+            run.copied |= keys
+        else:
+            job.regions_left += 1
+            for t in job.targets & {loc.device for s in spans for loc in s.legs}:
+                run.left[t] = run.left.get(t, 0) + 1
+        await self._account(job, run, n)
+
+    async def _copy_region(self, job: ResyncJob, uuid: str, geo: LogGeometry, r: int,
+                           keys: set[Key]) -> tuple[bool, int, list[Span], dict[Key, int]]:
+        """Copy region *r* of *uuid* holding *keys* in the gate.
+
+        Returns (every leg holds it now, bytes copied, the region's spans as
+        copied, the gate's seq of each key while held).
+        """
+        core = self.core
+        async with core.gate.holding(keys):
+            # the configuration may have changed while this waited: use the
+            # current map, and leave the region to a later pass if it grew
+            spans = core.index.spans(uuid, geo.region_start(r), geo.region)
+            stale_map = not self._copies(spans) <= keys
+            whole = not stale_map
+            n = 0
+            for s in [] if stale_map else spans:
+                done, copied_bytes = await self._copy_span(s, job)
+                whole &= done
+                n += copied_bytes
+            seqs: dict[Key, int] = {k: core.gate.seq.get(k, 0) for k in keys}
+            if whole:  # the legs agree again (no write is in flight here)
+                core.suspect -= keys
+        return whole, n, spans, seqs
+
+    async def _account(self, job: ResyncJob, run: _Pass, n: int) -> None:
+        """Count a region of *n* bytes done: throttle, settle a full batch, report progress."""
+        job.done += n
+        job.regions_done += 1
+        run.batch += n
+        self.core.stats.resync_bytes += n
+        await job.throttle.consume(n)
+        if run.batch >= RESYNC_BATCH:
+            await self._settle(run.pending)
+            run.pending, run.batch = [], 0
+        if time.monotonic() - run.last_event > PROGRESS_EVERY:
+            run.last_event = time.monotonic()
+            pct = 100 * job.done // job.total if job.total else 100
+            self.core.emit("resync-progress", "info", self.job_object(job),
+                           f"resync {job.id}: {job.done} of {job.total} bytes ({pct}%)")
+
+    def _result(self, job: ResyncJob, left: dict[str, int]) -> None:
+        """After the last region: a target that failed, or regions it did not get, fail *job*."""
         for t in job.targets:
             if t not in self.core.devices:
                 job.error = f"device {self.core.name_of(t)} failed during its resync"
