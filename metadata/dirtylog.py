@@ -9,7 +9,7 @@ What a bit means
 Each device carries a bitmap of its own data bytes, one bit per *region* of
 ``Device.log_region`` bytes (a power of two from 1 MiB up to the extent
 size, so that regions never straddle an extent; 1 MiB keeps the log writes
-of a write stream rare -- see vvfs/mirror.py -- and a resync close to what
+of a write stream rare -- see vvfs/data/mirror/writes.py -- and a resync close to what
 was written).  Region *r* covers device
 bytes ``[data_start + r * R, data_start + (r + 1) * R)``.  A set bit says
 "the mirrored data in this region may differ from its copies on the other

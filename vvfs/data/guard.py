@@ -293,7 +293,7 @@ class PoolGuard:
         """Write *data* at *offset* of one leg's device, and to a move's destination too.
 
         For writers that bypass :meth:`write` and put bytes straight on a
-        leg (scrub repairs; resync has its own, ``PoolMirror._forward``):
+        leg (scrub repairs; resync has its own, ``vvfs.data.mirror.resync.ResyncEngine._forward``):
         while a move is recorded, what lands on a moving run must reach its
         destination as well.  The caller holds the volume range
         (``exclusive``) or otherwise keeps host writes out.  A destination

@@ -96,10 +96,10 @@ async def _finish(pm: PoolMirror, job: ResyncJob, kind: str, emit: Emit) -> None
         for lg in pm.logs.values():
             if lg.stale & job.targets:
                 await lg.set_stale(remove=job.targets)
-        emit("resync-done", "info", pm._job_object(job),
+        emit("resync-done", "info", pm.job_object(job),
              f"resync ({kind}) done offline: {job.done} bytes copied")
     else:
-        emit("resync-failed", "error", pm._job_object(job),
+        emit("resync-failed", "error", pm.job_object(job),
              f"resync ({kind}) stopped: {job.error}")
     await pm.sync_logs()
     await pm.flush_devices(set(pm.devices))

@@ -36,7 +36,7 @@ event says why, ``state`` is ``paused``) and goes on by itself when the
 pool is whole again.  Each extent is copied holding the pool's
 ``PoolMirror.copy_lock``, which a resync job holds from start to end, so a
 resync never changes bytes a move is copying; what a resync writes to a
-moving run also reaches the destination (``PoolMirror._forward``).  So the
+moving run also reaches the destination (``ResyncEngine._forward`` in :mod:`vvfs.data.mirror.resync`).  So the
 switch never maps a destination that missed a resync, and the dirty bits
 that survivors keep for a failed leg never sit on a source the switch
 leaves behind.  ``vv volume move`` / ``vv device evacuate`` refuse to start

@@ -175,7 +175,7 @@ class PoolMirror(MirrorCore):
         """Run *job* (:mod:`.resync`); its state says how it ended."""
         await self.resyncer.resync(job)
 
-    def _job_object(self, job: ResyncJob) -> str:
+    def job_object(self, job: ResyncJob) -> str:
         return self.resyncer.job_object(job)
 
     # -- status -------------------------------------------------------------------
