@@ -1,6 +1,6 @@
 """`vv events`, `vv device online|resync|replace|fail|paths`, `vv volume set`.
 
-Failures, resyncs and replacements of mirrored devices (vvfs/resync.py).
+Failures, resyncs and replacements of mirrored devices (vvfs/control/mirrors.py, vvfs/node/mirrors.py).
 With a running node the work runs there: these commands start it and, with
 ``--wait``, follow it by polling the node (a rich progress bar on a
 terminal, a line every few seconds otherwise).  Without a node they do the

@@ -436,7 +436,7 @@ class Node:
         return {"mountpoint": self.mountpoint, "pid": os.getpid(), "state": self.state,
                 "host_id": self.manager.host_id, "started": self.started,
                 "io_flusher": self.io_flusher, "direct": self.direct,
-                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/move.py)
+                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/node/jobs.py)
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
