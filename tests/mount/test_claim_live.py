@@ -88,6 +88,14 @@ def test_force_does_not_create_a_pool_on_a_device_a_node_serves(node: MountedNod
     assert pool_of(victim) == tank_uuid(node)
 
 
+def test_destroy_of_a_mounted_pool_is_refused(node: MountedNode) -> None:
+    res = node.pool.vv("pool", "destroy", "tank", "--yes", check=False)
+    assert res.returncode == 1
+    assert f"pool tank is mounted on {node.mnt}; unmount it" in res.stderr, res.stderr
+    assert os.listdir(os.path.join(node.mnt, "tank")) == ["m"]
+    assert pool_of(node.pool.paths[0]) == tank_uuid(node)
+
+
 def test_the_node_holds_a_block_device_exclusively(tmp_path: Path) -> None:
     require("fusermount3", "losetup")
     files = []

@@ -116,6 +116,13 @@ class PoolSession:
         if busy:
             raise RefusedError(f"pool {pool.name} has open volumes: " + ", ".join(sorted(busy)))
 
+    def refuse_if_mounted(self, pool: Pool, what: str) -> None:
+        """Refuse *what* while the node serves the pool in its mount."""
+        where = self.ports.host.mounted_at(pool.uuid) if self.ports.host is not None else None
+        if where is not None:
+            raise RefusedError(f"pool {pool.name} is mounted on {where}; unmount it"
+                               f" ('vv umount {where}') before it can be {what}")
+
     def remember_dir(self, path: str) -> None:
         """Keep the directory of a file-backed device on the search paths."""
         if stat.S_ISREG(os.stat(path).st_mode):
