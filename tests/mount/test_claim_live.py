@@ -96,6 +96,17 @@ def test_destroy_of_a_mounted_pool_is_refused(node: MountedNode) -> None:
     assert pool_of(node.pool.paths[0]) == tank_uuid(node)
 
 
+def test_device_add_through_the_node_takes_a_relative_path(node: MountedNode,
+                                                           tmp_path: Path) -> None:
+    with open(tmp_path / "spare.img", "wb") as f:
+        f.truncate(256 * MiB)
+    res = run(VV, "device", "add", "tank", "spare.img", check=False, env=node.pool.env(),
+              cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    listed = node.pool.vv("device", "list", "tank", "--json").stdout
+    assert f'"path": "{tmp_path / "spare.img"}"' in listed
+
+
 def test_the_node_holds_a_block_device_exclusively(tmp_path: Path) -> None:
     require("fusermount3", "losetup")
     files = []
