@@ -12,10 +12,12 @@ DEMO_DIR ?= $(CURDIR)/demo
 
 # Debian packages the product, the demo and the tests use (program -> package).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config fio e2fsprogs xfsprogs btrfs-progs \
-                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv
+                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv postgresql-15
+# (the tests start a PostgreSQL server of their own for the shared catalog:
+# initdb and pg_ctl, which Debian keeps off $PATH)
 DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fsprogs \
                 mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk sfdisk:fdisk wipefs:util-linux mdadm:mdadm groff:groff-base \
-                pvcreate:lvm2
+                pvcreate:lvm2 /usr/lib/postgresql/15/bin/initdb:postgresql-15
 
 .PHONY: all deps venv test test-fast demo demo-stop bench lint clean
 
