@@ -191,7 +191,9 @@ def device() -> None:
 @click.option("--protection", type=int, default=0, show_default=True,
               help="Failures the device survives on its own.")
 @click.option("--cost", type=float, default=0.0, show_default=True, help="Cost per GiB.")
-@click.option("--force", is_flag=True, help="Claim a device with a foreign signature.")
+@click.option("--force", is_flag=True,
+              help="Claim a device with a foreign signature (erases it). Never overrides"
+                   " a device that is mounted or in use.")
 @pass_manager
 def device_add(mgr, pool_name: str, path: str, tier: int, protection: int, cost: float,
                force: bool) -> None:

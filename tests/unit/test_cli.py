@@ -199,6 +199,38 @@ def test_device_in_use_refused_even_with_force(tmp_path, vv):
     assert r.code == 1 and "backing file of " + loop in r.err
 
 
+def test_device_of_a_pool_active_on_another_host_refused_even_with_force(tmp_path, vv):
+    devs = devices(tmp_path, 2)
+    assert vv("pool", "create", "one", devs[0]).code == 0
+    host = vv("pool", "show", "one", "--json").json()["active_host"]
+    before = digest(devs[0])
+    r = vv("pool", "create", "two", devs[0], devs[1], "--force", state_dir=tmp_path / "h2")
+    assert r.code == 1, r.err
+    assert "a device of pool one" in r.err and f"active on host {host}" in r.err
+    assert digest(devs[0]) == before
+
+
+def test_device_of_an_exported_pool_taken_with_force(tmp_path, vv):
+    devs = devices(tmp_path, 1)
+    assert vv("pool", "create", "one", devs[0]).code == 0
+    assert vv("pool", "export", "one").code == 0
+    r = vv("pool", "create", "two", devs[0], "--force", state_dir=tmp_path / "h2")
+    assert r.code == 0, r.err
+
+
+def test_file_open_in_another_process_refused_even_with_force(tmp_path, vv):
+    devs = devices(tmp_path, 1)
+    with open(devs[0], "rb") as f:
+        proc = subprocess.Popen(["sleep", "120"], stdin=f)
+    try:
+        r = vv("pool", "create", "tank", devs[0], "--force")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.code == 1 and f"is open by pid {proc.pid} (sleep)" in r.err, r.err
+    assert vv("pool", "list", "--json").json() == []
+
+
 def test_export_copy_import_elsewhere(tmp_path, tank, vv):
     assert vv("volume", "create", "tank/lin", "--size", "100M").code == 0
     assert vv("volume", "create", "tank/mir", "--size", "64M", "--mirrors", "2").code == 0

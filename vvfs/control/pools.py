@@ -187,11 +187,16 @@ def _match_pool(found: Found, key: str) -> str:
 
 
 def destroy_pool(s: PoolSession, name: str, *, yes: bool = False) -> None:
-    """Erase the pool's labels and metadata from every device."""
+    """Erase the pool's labels and metadata from every device.
+
+    Refused while a node serves the pool (mounted, open volumes or not):
+    its volumes would vanish from a live mount, and the node would go on
+    writing to devices that no longer carry a label.
+    """
     if not yes:
         raise RefusedError(f"destroying pool {name} erases all its volumes; add --yes")
     with s.changing(name, allow_missing=True) as op:
-        s.refuse_if_any_open(op.pool)
+        s.refuse_if_mounted(op.pool, "destroyed")
         for sc in op.choice.scans:
             if sc.label is not None:
                 claim.unclaim(sc.dev, sc.label)  # type: ignore[arg-type]

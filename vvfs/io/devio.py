@@ -61,6 +61,10 @@ let through.  A path switched to (by failover or failback) first has its
 clean cached pages dropped (``POSIX_FADV_DONTNEED``): they may predate
 writes made through another path.
 
+While open, a device holds its first path (:mod:`vvfs.io.hold`: an OFD lock
+on a file, ``O_EXCL`` on a block device), so that no claim takes it and no
+other node serves it; a path held by another process is not opened.
+
 Errors are :class:`metadata.blockdev.DeviceIOError` naming the device and the
 byte offset.  Cancellation: the worker threads are never abandoned, so a
 cancelled call returns (raising ``trio.Cancelled``) only once its system call
@@ -82,7 +86,7 @@ from typing import TypeVar
 import trio
 
 from metadata.blockdev import DeviceIOError
-from vvfs.io import kaio
+from vvfs.io import hold, kaio
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +175,13 @@ class DataDevice:
         #: set while a failback waits for the calls in flight: new calls wait for it
         self._paused: trio.Event | None = None
         self._drained = trio.Event()
-        self._fd, self._dfd = self._open_fds(path)
+        #: this process's lock on the device while it is open (vvfs/io/hold.py)
+        self._hold = hold.take(path)
+        try:
+            self._fd, self._dfd = self._open_fds(path)
+        except BaseException:
+            self._hold.release()
+            raise
         st = os.fstat(self._fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
         self.stats = DeviceStats()
@@ -405,6 +415,7 @@ class DataDevice:
                 os.close(fd)
         self._fd = self._dfd = -1
         self._retired = []
+        self._hold.release()
         log.debug("closed %s", self.path)
 
     # -- worker-thread side -------------------------------------------------

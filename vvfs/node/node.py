@@ -277,6 +277,7 @@ class Node:
     def _read_pool(self, name: str) -> tuple[Pool, dict[str, str]]:
         op = self.manager.session.open(name)
         try:
+            self.manager.session.refuse_if_not_ours(op.pool)  # a shared catalog lists others'
             if op.choice.missing:
                 missing = [op.pool.device(u).name for u in op.choice.missing]
                 log.warning("pool %s: devices missing: %s", name, ", ".join(missing))
