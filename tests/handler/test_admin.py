@@ -242,7 +242,7 @@ def test_method_outside_the_allow_list_is_rejected(http):
 def test_non_json_body_is_400(http):
     r = http.post("/v1/call/list_pools", content=b"{not json")
     assert r.status_code == 400
-    assert r.json() == {"error": "the request body is not JSON", "type": "BadRequest",
+    assert r.json() == {"error": "list_pools: the request body is not JSON", "type": "BadRequest",
                         "exit_code": 1}
 
 
