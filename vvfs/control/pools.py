@@ -59,9 +59,14 @@ def _check_create(name: str, paths: list[str], extent_size: int) -> None:
         raise ApiError("a pool needs at least one device")
     if extent_size & (extent_size - 1) or not MIN_EXTENT <= extent_size <= MAX_EXTENT:
         raise ApiError("extent size must be a power of two from 1 MiB to 1 GiB")
-    real = [os.path.realpath(p) for p in paths]
-    if len(set(real)) != len(real):
-        raise ApiError("a device is named twice")
+    seen: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            same = f"{p}" if seen[real] == p else f"{seen[real]} and {p}"
+            raise ApiError(f"a device is named twice: {same}"
+                           + (f" (both {real})" if seen[real] != p else ""))
+        seen[real] = p
 
 
 def create_pool(s: PoolSession, name: str, paths: list[str], *, extent_size: int,
