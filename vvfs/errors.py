@@ -46,8 +46,9 @@ from metadata.model import UnsupportedConfigError
 
 __all__ = [
     "EXIT_FAILED", "EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE",
-    "AdminError", "ApiError", "BadMagicError", "CatalogError", "ChecksumError", "CodecError",
-    "CommitError", "ConfigError", "DeviceIOError", "DivergedError", "FsckError", "JobError",
+    "AdminError", "ApiError", "BadMagicError", "BlockChecksumError", "CatalogError",
+    "ChecksumError", "CodecError", "CommitError", "ConfigError", "DeviceIOError",
+    "DivergedError", "FsckError", "JobError",
     "LockedError", "MediaError", "MissingError", "MoveError", "NoSpaceError",
     "NoValidGenerationError", "NodeConnectionError", "NodeError", "NotFoundError",
     "PlacementError", "ProbeError", "RefusedError", "RemoteError", "ResolveError",
@@ -138,6 +139,17 @@ class StaleDeviceError(WrongDeviceError):
 
 class NoSpaceError(VVError):
     """A write starts at or beyond the end of the volume."""
+
+
+class BlockChecksumError(DeviceIOError):
+    """No copy of a mirrored volume's block matches its stored crc32c: the read fails (EIO).
+
+    Names the device and byte of the copy that was read first; it fails no
+    device (vvfs.data.mirror.core.is_failure): the devices answered.
+    """
+
+    def __init__(self, device: str, offset: int, what: str) -> None:
+        super().__init__(device, offset, what, errno.EIO)
 
 
 # ---------------------------------------------------------------------------

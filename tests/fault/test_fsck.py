@@ -315,7 +315,7 @@ def test_check_interrupted_operations(env):
     assert after.volumes == pool.volumes
 
 
-# A resync record (vvfs/resync.py): a device brought back stays failed until a node resynced
+# A resync record (mapper/mirrors.py): a device brought back stays failed until a node resynced
 # it.  Pending, it is reported and kept; stale or naming no device of the pool, it is dropped.
 
 

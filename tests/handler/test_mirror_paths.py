@@ -25,6 +25,7 @@ import trio
 
 from mapper import VolumeSpec, create_volume
 from mapper.layout import Loc, VolumeMap
+from metadata import checksums as csum
 from metadata import dirtylog
 from metadata.blockdev import DeviceIOError
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID, new_uuid
@@ -44,10 +45,12 @@ KiB4 = 4096
 A, B = b"A" * KiB4, b"B" * KiB4
 
 
-def _device(name: str) -> Device:
+def _device(name: str, checksums: bool = False) -> Device:
     d = Device(uuid=DeviceUUID(new_uuid()), name=name, size=66 * E, data_start=MiB,
                extent_count=64)
     dirtylog.carve(d, E)
+    if checksums:
+        csum.carve(d)
     return d
 
 
@@ -64,6 +67,8 @@ class Rig:
     #: every device, also once the mirror dropped a failed one from its table
     devs: dict[str, AsyncDevice]
     events: list[tuple[str, ...]] = field(default_factory=list)
+    #: the write guard and checksum store (``make_rig(checksums=True)``), else None
+    guard: PoolGuard | None = None
 
     def leg(self, m: int, offset: int = 0) -> Loc:
         """Where volume byte *offset* lies on leg *m*."""
@@ -106,13 +111,17 @@ class Rig:
 
 
 async def make_rig(policy: str = "balanced",
-                   spawn: Callable[..., None] | None = None) -> Rig:
+                   spawn: Callable[..., None] | None = None, *,
+                   checksums: bool = False) -> Rig:
     """Two devices, a 16 MiB two-way mirror on them with read policy *policy*, logs loaded.
 
-    *spawn* is the mirror's (None: nothing runs in the background).
+    *spawn* is the mirror's (None: nothing runs in the background).  With
+    *checksums* the devices have checksum regions and the volume has the
+    node's write guard and checksum store, its entries set to those of
+    zero blocks as for a new volume (``Rig.guard``).
     """
     pool = Pool(uuid=PoolUUID(POOL), name="tank", extent_size=E,
-                devices=[_device("d0"), _device("d1")])
+                devices=[_device("d0", checksums), _device("d1", checksums)])
     pool = create_volume(pool, VolumeSpec(name="m", size=SIZE, mirrors=2))
     volume = pool.volume("m")
     volume.read_policy = policy
@@ -134,7 +143,14 @@ async def make_rig(policy: str = "balanced",
     await pm.attach_devices()
     vio = VolumeIO(PoolUUID(POOL), volume, VolumeMap(pool, volume), table)
     vio.mirror = pm
-    return Rig(pool, pm, vio, recorder, mems, faults, devs, events)
+    r = Rig(pool, pm, vio, recorder, mems, faults, devs, events)
+    if checksums:
+        r.guard = vio.guard = pm.guard = PoolGuard(ChecksumStore(pool, table))
+        pm.checksums = r.guard.store
+        for p in vio.vmap.resolve(0, SIZE):  # a new volume's entries (vvfs.control.zeroing)
+            for loc in p.legs:
+                await r.guard.store.fill(loc.device, loc.offset, p.length // KiB4, csum.ZERO_CRC)
+    return r
 
 
 # ---------------------------------------------------------------------------

@@ -97,11 +97,17 @@ def _without(op: OpenPool, dev: Device, paths: list[str], remove: str) -> list[s
     return left
 
 
-def fail_device(s: PoolSession, pool_name: str, key: str, reason: str, only_if_failed: bool
-                ) -> dict[str, Any]:
+def fail_device(s: PoolSession, pool_name: str, key: str, reason: str, only_if_failed: bool,
+                yes: bool = False) -> dict[str, Any]:
     svc = s.ports.mirrors
     with s.changing(pool_name, allow_missing=True) as op:
         dev = op.pool.device(key)
+        lost = [] if only_if_failed or yes or dev.state == "failed" else \
+            mmirrors.only_copies(op.pool, dev.uuid)
+        if lost:
+            raise RefusedError(f"device {dev.name} holds the only copy of volumes"
+                               f" {', '.join(lost)}: failing it makes them unreadable; add --yes"
+                               " to fail it anyway")
         # only_if_failed: the node's own report of a failure it saw; else an administrator's
         failure = "admin"
         if svc is not None:

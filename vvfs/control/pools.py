@@ -59,9 +59,14 @@ def _check_create(name: str, paths: list[str], extent_size: int) -> None:
         raise ApiError("a pool needs at least one device")
     if extent_size & (extent_size - 1) or not MIN_EXTENT <= extent_size <= MAX_EXTENT:
         raise ApiError("extent size must be a power of two from 1 MiB to 1 GiB")
-    real = [os.path.realpath(p) for p in paths]
-    if len(set(real)) != len(real):
-        raise ApiError("a device is named twice")
+    seen: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            same = f"{p}" if seen[real] == p else f"{seen[real]} and {p}"
+            raise ApiError(f"a device is named twice: {same}"
+                           + (f" (both {real})" if seen[real] != p else ""))
+        seen[real] = p
 
 
 def create_pool(s: PoolSession, name: str, paths: list[str], *, extent_size: int,
@@ -187,11 +192,16 @@ def _match_pool(found: Found, key: str) -> str:
 
 
 def destroy_pool(s: PoolSession, name: str, *, yes: bool = False) -> None:
-    """Erase the pool's labels and metadata from every device."""
+    """Erase the pool's labels and metadata from every device.
+
+    Refused while a node serves the pool (mounted, open volumes or not):
+    its volumes would vanish from a live mount, and the node would go on
+    writing to devices that no longer carry a label.
+    """
     if not yes:
         raise RefusedError(f"destroying pool {name} erases all its volumes; add --yes")
     with s.changing(name, allow_missing=True) as op:
-        s.refuse_if_any_open(op.pool)
+        s.refuse_if_mounted(op.pool, "destroyed")
         for sc in op.choice.scans:
             if sc.label is not None:
                 claim.unclaim(sc.dev, sc.label)  # type: ignore[arg-type]

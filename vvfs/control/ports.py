@@ -50,6 +50,10 @@ class HostPort(Protocol):
         """A configuration was committed (None: the pool was exported or destroyed)."""
         ...
 
+    def mounted_at(self, pool_uuid: str) -> str | None:
+        """The mount point where the node serves the pool now, or None."""
+        ...
+
 
 class JobsPort(Protocol):
     """The node's background work (:class:`vvfs.node.jobs.Jobs`)."""

@@ -7,7 +7,9 @@
   catalog remembers (a device not found there is looked for on the search
   paths) and brings the catalog in line with the media (media wins);
 * :meth:`PoolSession.changing` does the same under the state directory's
-  exclusive lock, refusing a pool with missing devices unless told;
+  exclusive lock, refusing a pool with missing devices unless told, and a
+  pool whose media say it is active on another host (a shared catalog
+  lists those too);
 * :meth:`PoolSession.commit` writes a new configuration to every present,
   working device (two-phase, see :mod:`metadata.media`), then mirrors it
   into the catalog, records a config-changed event and tells the runtime
@@ -131,6 +133,13 @@ class PoolSession:
         if busy:
             raise RefusedError(f"pool {pool.name} has open volumes: " + ", ".join(sorted(busy)))
 
+    def refuse_if_mounted(self, pool: Pool, what: str) -> None:
+        """Refuse *what* while the node serves the pool in its mount."""
+        where = self.ports.host.mounted_at(pool.uuid) if self.ports.host is not None else None
+        if where is not None:
+            raise RefusedError(f"pool {pool.name} is mounted on {where}; unmount it"
+                               f" ('vv umount {where}') before it can be {what}")
+
     def remember_dir(self, path: str) -> None:
         """Keep the directory of a file-backed device on the search paths."""
         if stat.S_ISREG(os.stat(path).st_mode):
@@ -238,11 +247,14 @@ class PoolSession:
     def changing(self, name: str, *, allow_missing: bool = False) -> Iterator[OpenPool]:
         """The pool *name* opened for one change, under the state directory's lock.
 
-        Refused while devices of it are missing, unless *allow_missing*.
+        Refused while devices of it are missing, unless *allow_missing*, and
+        whenever its media do not say that it is active on this host
+        (:meth:`refuse_if_not_ours`).
         """
         with self.locked("vv"):
             op = self.open(name)
             try:
+                self.refuse_if_not_ours(op.pool)
                 if op.choice.missing and not allow_missing:
                     names = [op.pool.device(u).name for u in op.choice.missing]
                     raise RefusedError(
@@ -252,6 +264,23 @@ class PoolSession:
                 yield op
             finally:
                 op.close()
+
+    def refuse_if_not_ours(self, pool: Pool) -> None:
+        """Refuse a change to a pool that its media say is active on another host, or none.
+
+        A catalog shared by several hosts (PostgreSQL) lists every host's
+        pools; until the hosts coordinate their commits (F8.2), only the
+        host that the media name may change a pool -- two hosts committing
+        to one pool would each overwrite what the other acknowledged.
+        """
+        if pool.active_host == self.host_id:
+            return
+        if pool.active_host is None:
+            raise RefusedError(f"pool {pool.name} is exported (active on no host);"
+                               " import it here before changing it ('vv pool import')")
+        raise RefusedError(f"pool {pool.name} is active on host {pool.active_host}; this"
+                           f" host ({self.host_id}) may not change it (export it there"
+                           " first)")
 
     # -- committing ---------------------------------------------------------------
 

@@ -13,7 +13,9 @@ untouched):
 * **checksums** (mirrored volumes, see :mod:`vvfs.data.checksums`): the crc32c of
   every whole block is computed before the write and stored on every leg's
   device concurrently with the data; a write covering a block only in part
-  takes an exclusive lock on the aligned range instead, writes, reads the
+  takes an exclusive lock on the aligned range instead, reads the blocks it
+  covers in part (verified, so that a rotted copy is healed before its other
+  bytes are kept, see :mod:`vvfs.data.mirror.verify`), writes, reads the
   blocks back and stores their crc32c;
 * **move shadow**: while a move is recorded (see :mod:`vvfs.node.jobs`), every
   device range of a write that lies in a moving run is also written to the
@@ -254,7 +256,26 @@ class PoolGuard:
             finally:
                 lock.leave_writing(tok)
         async with lock.exclusive(start, end):
+            await self._verify_edges(vio, offset, length, start, end, size)
             return await self._guarded(vio, offset, view, csum, True, start, end, size)
+
+    async def _verify_edges(self, vio: object, offset: int, length: int, start: int, end: int,
+                            size: int) -> None:
+        """Before a partial write: check (and heal) the blocks it covers only in part.
+
+        Their other bytes are kept and the block's entry is then recomputed
+        from what a leg holds (:meth:`_refresh`), so a copy rotted there, on
+        any leg, must be healed first, or its rot would be blessed by the new
+        entry.  The range is held exclusively (``all_legs``).  Raises
+        BlockChecksumError (EIO) when no copy of such a block is right: the
+        write is refused.
+        """
+        whole = size - size % BLOCK
+        edges = {b for b, partial in ((start, start != offset),
+                                      (end - BLOCK, end != offset + length)) if partial}
+        for b in sorted(edges):
+            if b + BLOCK <= whole:
+                await vio.read(b, BLOCK, all_legs=True)  # type: ignore[attr-defined]
 
     async def _guarded(self, vio: object, offset: int, view: memoryview, csum: bool,
                        partial: bool, start: int, end: int, size: int) -> int:
@@ -337,7 +358,8 @@ class PoolGuard:
         """Recompute the entries of whole blocks ``[start, end)`` after a partial write."""
         if end <= start:
             return
-        data = await vio.read(start, end - start)  # type: ignore[attr-defined]
+        # not verified: these blocks' entries are the ones being recomputed
+        data = await vio.read(start, end - start, verify=False)  # type: ignore[attr-defined]
         view = memoryview(data)
         pieces = vio.vmap.resolve(start, end - start)  # type: ignore[attr-defined]
         await self._store(_entries(pieces, start, view, shadow))

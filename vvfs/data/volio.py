@@ -23,7 +23,8 @@ the guard's):
   would enter the guard again), so a write takes its range once.
 * **mirrored volumes** (``mirror`` set by the node and more than one leg):
   reads, writes and flushes go to :class:`vvfs.data.mirror.PoolMirror` --
-  read policies, degraded mode, the dirty log; see :mod:`vvfs.data.mirror`.
+  read policies, reads verified by the block checksums and healed, degraded
+  mode, the dirty log; see :mod:`vvfs.data.mirror`.
   What follows is the path of the other volumes (and of mirrored ones
   when no mirror is attached, as in handler tests).
 * **read**: each piece is read from one leg -- round-robin over the legs per
@@ -138,13 +139,23 @@ class VolumeIO:
 
     # -- requests -------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> bytearray:
-        """Read up to *length* bytes at *offset*; short or empty past the end."""
+    async def read(self, offset: int, length: int, *, all_legs: bool = False,
+                   verify: bool = True) -> bytearray:
+        """Read up to *length* bytes at *offset*; short or empty past the end.
+
+        A mirrored volume's reads are verified by the block checksums and
+        healed (:mod:`vvfs.data.mirror.verify`); *verify* False reads without
+        (the guard's read-back of blocks whose entries it recomputes);
+        *all_legs* judges every leg's copy, not only the one read -- for a
+        caller that holds the range exclusively in the guard's range lock
+        (the guard, before a partial write).
+        """
         length = max(0, min(length, self.size - offset))
         out = bytearray(length)
         if length and self._mirrored:
             try:
-                await self.mirror.read(self, offset, memoryview(out))
+                await self.mirror.read(self, offset, memoryview(out), all_legs=all_legs,
+                                       verify=verify)
             except DeviceIOError:
                 self.stats.errors += 1
                 raise

@@ -61,6 +61,10 @@ let through.  A path switched to (by failover or failback) first has its
 clean cached pages dropped (``POSIX_FADV_DONTNEED``): they may predate
 writes made through another path.
 
+While open, a device holds the path it first opened (:mod:`vvfs.io.hold`: an OFD lock
+on a file, ``O_EXCL`` on a block device), so that no claim takes it and no
+other node serves it; a path held by another process is not opened.
+
 Errors are :class:`metadata.blockdev.DeviceIOError` naming the device and the
 byte offset.  Cancellation: the worker threads are never abandoned, so a
 cancelled call returns (raising ``trio.Cancelled``) only once its system call
@@ -82,7 +86,7 @@ from typing import TypeVar
 import trio
 
 from metadata.blockdev import DeviceIOError
-from vvfs.io import kaio
+from vvfs.io import hold, kaio
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +210,24 @@ class DataDevice:
         first: DeviceIOError | None = None
         for p in self.paths:
             try:
-                fds = self._open_fds(p)
+                held = hold.take(p)
             except DeviceIOError as exc:
                 log.warning("device %s: path %s not used: %s", self.uuid, p, exc)
                 self.path_state[p] = "failed"
                 first = first or exc
                 continue
+            try:
+                fds = self._open_fds(p)
+            except BaseException as exc:
+                held.release()
+                if not isinstance(exc, DeviceIOError):
+                    raise
+                log.warning("device %s: path %s not used: %s", self.uuid, p, exc)
+                self.path_state[p] = "failed"
+                first = first or exc
+                continue
+            #: this process's lock on the device while it is open (vvfs/io/hold.py)
+            self._hold = held
             self.path = self.name = p
             self.path_state[p] = "active"
             return fds
@@ -481,6 +497,7 @@ class DataDevice:
                 os.close(fd)
         self._fd = self._dfd = -1
         self._retired = []
+        self._hold.release()
         log.debug("closed %s", self.path)
 
     # -- worker-thread side -------------------------------------------------

@@ -277,6 +277,7 @@ class Node:
     def _read_pool(self, name: str) -> tuple[Pool, dict[str, str]]:
         op = self.manager.session.open(name)
         try:
+            self.manager.session.refuse_if_not_ours(op.pool)  # a shared catalog lists others'
             if op.choice.missing:
                 missing = [op.pool.device(u).name for u in op.choice.missing]
                 log.warning("pool %s: devices missing: %s", name, ", ".join(missing))
@@ -459,7 +460,7 @@ class Node:
         return {"mountpoint": self.mountpoint, "pid": os.getpid(), "state": self.state,
                 "host_id": self.manager.host_id, "started": self.started,
                 "io_flusher": self.io_flusher, "direct": self.direct,
-                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/move.py)
+                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/node/jobs.py)
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:

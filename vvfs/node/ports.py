@@ -39,6 +39,9 @@ class NodeHost:
     def changed(self, pool_uuid: str, pool: Pool | None) -> None:
         self.node.note_change(pool_uuid, pool)
 
+    def mounted_at(self, pool_uuid: str) -> str | None:
+        return self.node.mountpoint if pool_uuid in self.node.pools else None
+
 
 class NodeJobs:
     """:class:`~vvfs.control.ports.JobsPort`: the node's background work."""

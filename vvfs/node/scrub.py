@@ -8,7 +8,7 @@ management calls, and it runs on the trio thread only between device calls.
 How a chunk is scrubbed
 -----------------------
 The volume is read in chunks of :data:`CHUNK` bytes.  Each chunk's volume
-range is locked exclusively (``vvfs/guard.py``: new writes to it wait, writes
+range is locked exclusively (``vvfs/data/guard.py``: new writes to it wait, writes
 in flight there are waited for), then every leg's bytes and every leg's
 stored checksum entries (read from the device, not the node's cache) are
 read, and each 4 KiB block is judged by :func:`judge`:
