@@ -555,6 +555,13 @@ def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -
     check = run(VVFSCK, "--state-dir", pool.state, "--pool", "tank", check=False)
     assert check.returncode == fsck.EXIT_LEFT, check.stdout + check.stderr
     assert "was written apart from the pool" in check.stdout, check.stdout
+    # the newest configuration (d1's) says the other host took the pool: this
+    # host may not serve it until it takes it back
+    refused = pool.vv("mount", "tank", str(pool.mnt), check=False)
+    assert refused.returncode != 0 and "is active on host" in refused.stderr, refused
+    again = pool.vv("pool", "import", "tank", "--search", str(tmp_path), check=False)
+    assert again.returncode == 1 and "took it; import it with --force" in again.stderr, again
+    pool.vv("pool", "import", "tank", "--search", str(tmp_path), "--force")
     with mounted(pool, *PROBING) as node:
         states = {d: _failure(pool, d) for d in ("d0", "d1")}
         [kept] = [d for d, s in states.items() if s == ("ok", "")]
