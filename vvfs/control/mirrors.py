@@ -238,10 +238,20 @@ def _rebuild_whole(svc: MirrorsPort | None, op: OpenPool, dev: Device, scan: med
 
     Its own log (bits and stale list) belongs to the part that went on apart:
     a fresh one replaces it, and the bits set on its partners' logs name
-    everything it holds, as for a replacement.
+    everything it holds, as for a replacement.  Then the generations that
+    part committed are erased from it (:func:`media.apart_generations`): it
+    keeps only the history it shares with the pool, so nothing (vvfsck, the
+    probe, a later ``vv device online``) takes it for written apart again.
+    In that order: once the generations are gone, only the bits durably set
+    on its partners say that it must be rebuilt whole.
     """
     dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
     _mark_whole(svc, op, _partner_ranges(op.pool, dev.uuid))
+    apart = media.apart_generations(scan, op.choice)
+    if scan.label is not None and apart:
+        log.warning("pool %s: erasing generations %s, written apart, from device %s",
+                    op.pool.name, ", ".join(map(str, apart)), dev.name)
+        media.erase_generations(scan.dev, scan.label, apart)
 
 
 def _partner_ranges(pool: Pool, device: str) -> list[tuple[str, int, int]]:

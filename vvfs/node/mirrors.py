@@ -51,8 +51,9 @@ holds, and its own dirty bits name regions of the other part's history.
 ``vv device online`` refuses it (:class:`DivergedError`), the probe records
 a ``device-diverged`` event and stops looking, and only ``vv device online
 --discard-divergent`` brings it back -- rebuilt whole from the other legs,
-with a fresh dirty log, like a replacement -- once the administrator has
-copied out what it alone holds.
+with a fresh dirty log, like a replacement, and the generations its part
+committed erased from it -- once the administrator has copied out what it
+alone holds.
 
 At start, bits found set in the logs (a crash) start a resync of those
 regions from the first healthy leg (reads use that leg meanwhile), and a
