@@ -396,10 +396,22 @@ def _entries(pieces: list[Piece], base: int, view: memoryview,
             continue
         values = checksums.pack(checksums.block_crcs(view[first - base:last - base]))
         for loc in p.legs:
-            dev_first = loc.offset + first - p.offset
-            out.append((loc.device, dev_first, values))
-            if shadow is not None:
-                for skip, dest, at, n in shadow.map(loc.device, dev_first, last - first):
-                    lo = skip // BLOCK * checksums.ENTRY
-                    out.append((dest, at, values[lo:lo + n // BLOCK * checksums.ENTRY]))
+            out += shadowed(shadow, loc.device, loc.offset + first - p.offset, values)
+    return out
+
+
+def shadowed(shadow: MoveShadow | None, device: DeviceUUID, offset: int, values: bytes
+             ) -> list[Entry]:
+    """The packed entries *values* of the blocks from *device* byte *offset*, and their copies.
+
+    A moving leg's entries move with it: where a running move (*shadow*)
+    copies those blocks, their entries are stored at the destination too --
+    by the write path and by every repair (verified reads, scrub).
+    """
+    out: list[Entry] = [(device, offset, values)]
+    if shadow is not None:
+        length = len(values) // checksums.ENTRY * BLOCK
+        for skip, dest, at, n in shadow.map(device, offset, length):
+            lo = skip // BLOCK * checksums.ENTRY
+            out.append((dest, at, values[lo:lo + n // BLOCK * checksums.ENTRY]))
     return out
