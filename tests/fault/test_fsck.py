@@ -24,7 +24,6 @@ from ..support.fsck_support import (
     catalog_pool,
     commit_raw,
     copy_sparse,
-    flip,
     label_of,
     make_env,
     media_choice,
@@ -32,7 +31,7 @@ from ..support.fsck_support import (
     sparse,
     zero,
 )
-from ..support.util import CrashAfterWrites
+from ..support.util import CrashAfterWrites, flip
 
 
 def test_clean_pool_is_clean(env):

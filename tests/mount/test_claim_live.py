@@ -32,6 +32,7 @@ from ..support.mountutil import (
     require,
     run,
 )
+from ..support.util import sparse_file
 
 pytestmark = pytest.mark.slow
 
@@ -109,12 +110,7 @@ def test_device_add_through_the_node_takes_a_relative_path(node: MountedNode,
 
 def test_the_node_holds_a_block_device_exclusively(tmp_path: Path) -> None:
     require("fusermount3", "losetup")
-    files = []
-    for i in range(2):
-        p = tmp_path / f"blk{i}.img"
-        with open(p, "wb") as f:
-            f.truncate(256 * MiB)
-        files.append(str(p))
+    files = [sparse_file(tmp_path / f"blk{i}.img", 256 * MiB) for i in range(2)]
     with loop_device(files[0], direct_io=False) as l0, loop_device(files[1],
                                                                    direct_io=False) as l1:
         pool = TestPool(tmp_path, devices=0, paths=[l0, l1])

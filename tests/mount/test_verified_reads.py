@@ -23,6 +23,7 @@ import pytest
 from mapper.layout import VolumeMap
 
 from ..support.mountutil import MiB, TestPool, mounted, require
+from ..support.util import flip
 
 BLOCK = 4096
 DATA = 1 * MiB
@@ -42,15 +43,6 @@ class Outcome:
     path: str
     device_block: int
 
-
-def _flip_bit(path: str, offset: int) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        old = os.pread(fd, 1, offset)
-        os.pwrite(fd, bytes([old[0] ^ 0x08]), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_direct(path: str, offset: int, length: int) -> bytes:
@@ -93,7 +85,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         [piece] = VolumeMap(shown.pool, shown.pool.volume("m")).resolve(ROT, 1)
         bad = piece.legs[1]
         backing = shown.paths[bad.device]
-        _flip_bit(backing, bad.offset)
+        flip(backing, bad.offset, 0x08)
         block = ROT - ROT % BLOCK
         reads = [_read_direct(path, block - block % READ, READ) for _ in range(4)]
         events = _wait_for_events(pool)

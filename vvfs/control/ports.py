@@ -129,6 +129,11 @@ class MirrorsPort(Protocol):
         """The live state of the device's paths, or None if it is not open."""
         ...
 
+    def use_paths(self, pool_uuid: str, device: str, paths: list[str]
+                  ) -> list[dict[str, str]] | None:
+        """Reach the open device by *paths* only, now (off a removed path); as device_paths."""
+        ...
+
 
 class ResyncEngine(Protocol):
     """Runs a resync with no node (:class:`vvfs.data.offline.OfflineResync`)."""

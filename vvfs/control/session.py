@@ -27,7 +27,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mapper import move as moves
 from metadata import checksums, dirtylog, media
@@ -48,7 +48,22 @@ class OpenPool:
     """A pool opened from its media for reading or for one change."""
 
     choice: media.Choice
+    #: device uuid -> the path it is open at now (found by its label)
     paths: dict[str, str]
+    #: device uuid -> the path the catalog remembered when the pool was opened
+    remembered: dict[str, str] = field(default_factory=dict)
+
+    def catalog_paths(self, pool: Pool) -> dict[str, str]:
+        """Where each device of *pool* was last found, for the catalog.
+
+        Where found now; else where the catalog remembered it: a device
+        that does not answer for a moment (an EIO while its label was read)
+        is looked for there again, never forgotten.
+        """
+        listed = {d.uuid for d in pool.devices}
+        out = {u: p for u, p in self.remembered.items() if u in listed}
+        out.update({u: p for u, p in self.paths.items() if u in listed})
+        return out
 
     @property
     def pool(self) -> Pool:
@@ -141,8 +156,10 @@ class PoolSession:
     def open(self, name: str) -> OpenPool:
         """Open an imported pool from the paths the catalog remembers.
 
-        A device not found at its remembered path is looked for on the
-        search paths.  The catalog is brought in line with the media.
+        A device not found at its remembered path is looked for at its
+        configured paths and on the search paths.  The catalog is brought
+        in line with the media, but never forgets where a device not found
+        now was last found (see :meth:`OpenPool.catalog_paths`).
         """
         uuid = self.pool_uuid(name)
         remembered = self.catalog.device_paths(uuid)
@@ -150,14 +167,18 @@ class PoolSession:
         if not scans:
             raise RefusedError(f"pool {name}: none of its devices can be found")
         try:
-            choice = media.choose_generation(scans)
-        except NoValidGenerationError as exc:
+            choice = self._choose(name, scans)
+            if choice.missing and self._look_for(uuid, choice, scans, remembered):
+                choice = self._choose(name, scans)
+        except BaseException:
             for s in scans:
                 s.dev.close()
-            raise RefusedError(f"pool {name}: {exc}") from None
-        op = OpenPool(choice, {s.device_uuid: s.name for s in scans if s.device_uuid})
-        if self.catalog.pool_generation(uuid) != choice.generation or remembered != op.paths:
-            self.catalog.sync_pool(choice.pool, op.paths)
+            raise
+        op = OpenPool(choice, {s.device_uuid: s.name for s in scans if s.device_uuid},
+                      dict(remembered))
+        paths = op.catalog_paths(choice.pool)
+        if self.catalog.pool_generation(uuid) != choice.generation or remembered != paths:
+            self.catalog.sync_pool(choice.pool, paths)
         return op
 
     def _scan(self, uuid: str, remembered: dict[str, str]) -> list[media.DeviceScan]:
@@ -181,6 +202,37 @@ class PoolSession:
                     s.dev.close()
             extra.close()
         return scans
+
+    @staticmethod
+    def _choose(name: str, scans: list[media.DeviceScan]) -> media.Choice:
+        try:
+            return media.choose_generation(scans)
+        except NoValidGenerationError as exc:
+            raise RefusedError(f"pool {name}: {exc}") from None
+
+    def _look_for(self, uuid: str, choice: media.Choice, scans: list[media.DeviceScan],
+                  remembered: dict[str, str]) -> bool:
+        """Look for the devices *choice* misses at their paths (and on the search paths).
+
+        The search paths only for a device the catalog does not remember
+        (:meth:`_scan` looked there for the others).  Those found join
+        *scans*; True if any did.
+        """
+        missing = set(choice.missing)
+        where = [p for d in choice.pool.devices if d.uuid in missing for p in d.paths]
+        if missing - set(remembered):
+            where += self.state.config.search_paths
+        found = discover(where, readonly=False, skip=[s.name for s in scans])
+        added = False
+        for s in found.pools.pop(uuid, []):
+            if s.device_uuid in missing:
+                scans.append(s)
+                missing.discard(s.device_uuid)  # type: ignore[arg-type]
+                added = True
+            else:
+                s.dev.close()
+        found.close()
+        return added
 
     @contextlib.contextmanager
     def reading(self, name: str) -> Iterator[OpenPool]:
@@ -240,7 +292,9 @@ class PoolSession:
         dirtylog.enable(new)
         new.check()
         moves.validate(new, op.pool)  # nothing may remap what a move is copying
-        by_uuid = {s.device_uuid: s for s in op.choice.scans}
+        # never to a stale device (an older copy): it would look current after this
+        stale = {id(s) for s in op.choice.stale}
+        by_uuid = {s.device_uuid: s for s in op.choice.scans if id(s) not in stale}
         targets = [
             media.Target(by_uuid[d.uuid].dev, by_uuid[d.uuid].label)  # type: ignore[arg-type]
             for d in new.devices if d.state != "failed" and d.uuid in by_uuid
@@ -250,9 +304,7 @@ class PoolSession:
         old = op.choice.pool
         op.choice.max_seen = new.generation
         op.choice.pool = new
-        listed = {d.uuid for d in new.devices}
-        paths = {u: p for u, p in op.paths.items() if u in listed}
-        self.catalog.sync_pool(new, paths, previous=old)
+        self.catalog.sync_pool(new, op.catalog_paths(new), previous=old)
         events.record_commit(self.catalog, old, new)
         self.changed(new.uuid, new)
         return new

@@ -58,7 +58,8 @@ measured with fio through the mount on a 2-way mirror of sparse files
 about 35% of the IOPS of 4 KiB random writes at queue depth 1, 30% at
 depth 16, and 25% of the bandwidth of 1 MiB sequential writes.  Reads are
 verified (:mod:`vvfs.data.mirror.verify`): a crc32c per block read and one
-look-up of cached entries per request; bench/README.md has the ratio.  The price is the extra worker-thread call per leg (the node is
+look-up of cached entries per request; bench/README.md has the ratio.  The
+price of writes is the extra worker-thread call per leg (the node is
 bound by thread hand-offs, not by the crc32c: 0.3 us per block).  Writing
 pages back in batches -- one call per device every few milliseconds, made
 durable by a flush and before the dirty log clears a region's bit -- would

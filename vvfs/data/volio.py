@@ -185,7 +185,8 @@ class VolumeIO:
             return await self.guard.write(self, offset, data)
         return await self.write_unguarded(offset, data)
 
-    async def write_unguarded(self, offset: int, data: bytes | memoryview) -> int:
+    async def write_unguarded(self, offset: int, data: bytes | memoryview,
+                              alongside: Callable[[], Awaitable[None]] | None = None) -> int:
         """:meth:`write` without the guard: only the device I/O, on every leg.
 
         Called by :meth:`write` when there is no guard and by
@@ -193,7 +194,14 @@ class VolumeIO:
         call :meth:`write`, or it would bypass range locks, checksums and a
         move's shadow.  Returns when every device call has ended; cancelled,
         it still waits for the calls in flight (the module docstring).
+        *alongside* (the guard's checksum entries) runs concurrently with the
+        device calls -- for a mirrored volume inside its region gate (see
+        :meth:`vvfs.data.mirror.writes.MirrorWriter.write`).
         """
+        if alongside is not None and not self._mirrored:  # no gate: alongside, as it comes
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alongside)
+                return await self.write_unguarded(offset, data)
         if offset >= self.size:
             raise NoSpaceError(f"volume {self.name}: write at byte {offset} is past its end"
                                f" ({self.size} bytes)")
@@ -201,7 +209,7 @@ class VolumeIO:
         view = memoryview(data)[:length]
         if self._mirrored:
             try:
-                await self.mirror.write(self, offset, view)
+                await self.mirror.write(self, offset, view, alongside)
             except DeviceIOError:
                 self.stats.errors += 1
                 raise

@@ -214,8 +214,10 @@ class ManagerProxy:
     ``vv device add tank disk.img`` means the caller's ``./disk.img``.
     """
 
-    def __init__(self, client: NodeClient) -> None:
+    def __init__(self, client: NodeClient, host_id: str = "") -> None:
         self.client = client
+        #: this host's id (vvfs.yaml), as Manager.host_id
+        self.host_id = host_id
 
     def close(self) -> None:
         self.client.close()
@@ -253,4 +255,4 @@ def open_manager(state_dir: str | None = None) -> Manager | ManagerProxy:
     path = node_socket(state_dir)
     if path is None:
         return Manager(state_dir)
-    return ManagerProxy(NodeClient(path))
+    return ManagerProxy(NodeClient(path), StateDir(state_dir).config.host_id)

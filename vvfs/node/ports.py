@@ -107,6 +107,10 @@ class NodeMirrors:
     def device_paths(self, pool_uuid: str, device: str) -> list[dict[str, str]] | None:
         return self.mirrors.from_thread(self.mirrors.device_paths, pool_uuid, device)
 
+    def use_paths(self, pool_uuid: str, device: str, paths: list[str]
+                  ) -> list[dict[str, str]] | None:
+        return self.mirrors.from_thread(self.mirrors.use_paths, pool_uuid, device, paths)
+
 
 async def _run_sync(fn: Any, *args: Any) -> Any:
     """Call the plain function *fn* on the trio thread (from_thread runs coroutines)."""

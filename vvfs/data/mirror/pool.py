@@ -22,7 +22,7 @@ leaves behind).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -111,9 +111,10 @@ class PoolMirror(MirrorCore):
 
     # -- I/O of mirrored volumes (vvfs.data.mirror.writes, .reads) --------------
 
-    async def write(self, vio: Any, offset: int, view: memoryview) -> None:
+    async def write(self, vio: Any, offset: int, view: memoryview,
+                    alongside: Callable[[], Awaitable[None]] | None = None) -> None:
         """Write *view* at volume byte *offset* of mirrored volume *vio* (:mod:`.writes`)."""
-        await self.writer.write(vio, offset, view)
+        await self.writer.write(vio, offset, view, alongside)
 
     async def read(self, vio: Any, offset: int, view: memoryview, *, all_legs: bool = False,
                    verify: bool = True) -> None:

@@ -87,6 +87,7 @@ from mapper.layout import Loc, Piece
 from metadata.blockdev import DeviceIOError
 from metadata.model import DeviceUUID
 from vvfs.data.checksums import BLOCK, Entry, block_crcs, crc, judge, pack
+from vvfs.data.guard import shadowed
 from vvfs.data.mirror.core import MirrorCore, is_failure
 from vvfs.data.mirror.gate import Key
 from vvfs.data.mirror.resync import ResyncEngine
@@ -349,11 +350,7 @@ class ReadVerifier:
             if loc.device in failed:
                 continue
             for b, value, _right in blocks:
-                at = loc.offset + b * BLOCK
-                runs.append((loc.device, at, pack([value])))
-                if shadow is not None:  # a moving leg's entries move with it
-                    runs += [(dest, to, pack([value]))
-                             for _skip, dest, to, _n in shadow.map(loc.device, at, BLOCK)]
+                runs += shadowed(shadow, loc.device, loc.offset + b * BLOCK, pack([value]))
             rewritten = {b for b, _data, _right in fixes.data.get(m, ())}
             for first, n, right in _merge_entries([e for e in blocks if e[0] not in rewritten]):
                 core.stats.checksum_entries_repaired += n
