@@ -30,7 +30,10 @@ from vvfs.errors import ArgumentError
 
 __all__ = ["check", "model_of"]
 
-_CONFIG = pydantic.ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=False)
+#: revalidate_instances: a VolumeSpec that codec decoded is an instance already;
+#: without it pydantic would take it as it is, field types unchecked.
+_CONFIG = pydantic.ConfigDict(strict=True, extra="forbid", revalidate_instances="always",
+                              arbitrary_types_allowed=False)
 
 
 @functools.cache
