@@ -348,7 +348,7 @@ def test_nesting_within_the_limit_is_checked_by_type(http, node):
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
 def test_a_number_json_cannot_hold_is_400(http, node, number):
-    body = '{"pool_name": "tank", "path": "/dev/sdz", "cost": %s}' % number
+    body = '{"pool_name": "tank", "path": "/dev/sdz", "cost": ' + number + "}"
     assert refused(http, node, "add_device", body) == \
         f"add_device: argument cost: number {number} is " + \
         ("out of range of a float" if number == "1e400" else "not a number JSON allows")

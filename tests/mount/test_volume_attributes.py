@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ..handler.test_fs_handlers import bad_on_media
-from ..support.mountutil import MiB, MountedNode, TestPool, alive, is_mounted, mounted, require
+from ..support.mountutil import MiB, TestPool, alive, is_mounted, mounted, require
 from .test_live import NOBODY, as_nobody
 
 pytestmark = pytest.mark.slow
