@@ -314,6 +314,18 @@ def test_a_number_just_beyond_64_bits_is_400(http, node):
         "list_events: argument since: number 9223372036854775808 is out of range")
 
 
+def test_events_since_beyond_64_bits_is_400(http):
+    r = http.get("/v1/events", params={"since": "9" * 401})
+    assert r.status_code == 400
+    assert r.json()["error"] == ("since: number 99999999999999999999... (401 characters)"
+                                 " is out of range (at most 9223372036854775807 either way)")
+
+
+def test_events_since_not_a_number_is_400(http):
+    r = http.get("/v1/events", params={"since": "ten"})
+    assert (r.status_code, r.json()["error"]) == (400, "since must be an integer")
+
+
 def test_a_spec_with_wrong_field_types_is_400(http, node):
     spec = {"$type": "VolumeSpec", "value": {"name": "", "size": "8M", "mirrors": [2]}}
     body = json.dumps({"path": "tank/b", "spec": spec})

@@ -164,9 +164,13 @@ class AdminApp:
         except HTTPError as exc:
             await _respond(send, exc.status, exc.doc)
             return
-        except (ValueError, codec.CodecError):
+        except ValueError:
             await _respond(send, 400, {"error": "since must be an integer",
                                        "type": "BadRequest", "exit_code": 1})
+            return
+        except codec.CodecError as exc:
+            await _respond(send, 400, {"error": f"since: {exc}", "type": "BadRequest",
+                                       "exit_code": 1})
             return
         except VVError as exc:
             await _respond(send, exc.http_status, {"error": _one_line(exc),
