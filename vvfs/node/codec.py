@@ -207,23 +207,36 @@ def _refuse_deep(text: str) -> None:
 
 
 def _refuse_unbounded(doc: Any) -> None:
-    """Refuse the first number in *doc* out of range or a string with a NUL, by its path.
+    """Refuse a number in *doc* out of range, or a string with a NUL, naming its path.
 
-    The path leaves out tagged objects' ``$type``/``value`` (``spec.size``).
+    One pass over the values without paths (a 1 MiB body is many values);
+    the path is looked for only once something is wrong.
     """
-    todo: list[tuple[Any, list[str]]] = [(doc, [])]
+    todo = [doc]
     while todo:
-        value, path = todo.pop()
-        if isinstance(value, _OutOfRange):
-            raise CodecError(f"{_where(path)}number {value.message()}")
-        if isinstance(value, str) and "\0" in value:
-            raise CodecError(f"{_where(path)}a string holds a NUL character")
-        if isinstance(value, dict) and TAG in value:
-            todo.append((value.get("value"), path))
-        elif isinstance(value, dict):
-            todo.extend((v, [*path, k]) for k, v in reversed(value.items()))
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.values())
         elif isinstance(value, list):
-            todo.extend((v, [*path, str(i)]) for i, v in reversed(list(enumerate(value))))
+            todo.extend(value)
+        elif isinstance(value, _OutOfRange):
+            raise CodecError(f"{_where(_path(doc, value) or [])}number {value.message()}")
+        elif isinstance(value, str) and "\0" in value:
+            raise CodecError(f"{_where(_path(doc, value) or [])}a string holds a NUL character")
+
+
+def _path(doc: Any, target: object) -> list[str] | None:
+    """Keys and indexes from *doc* to *target*, leaving out tagged objects' ``$type``/``value``
+    (``spec.size``); None if it is not there.  Recursive: *doc* nests at most MAX_DEPTH deep.
+    """
+    if doc is target:
+        return []
+    steps = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in steps:
+        below = _path(value, target)
+        if below is not None:
+            return below if isinstance(doc, dict) and TAG in doc else [str(key), *below]
+    return None
 
 
 def loads(body: bytes) -> Any:
