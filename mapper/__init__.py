@@ -31,6 +31,7 @@ from .placement import (
     remove_volume,
     rename_volume,
     resize_volume,
+    set_attributes,
 )
 from .units import SizeError, human_size, parse_size
 
@@ -57,6 +58,7 @@ __all__ = [
     "remove_volume",
     "rename_volume",
     "resize_volume",
+    "set_attributes",
     "usage",
     "used_by",
     "visible",

@@ -46,6 +46,7 @@ from metadata.model import (
     new_uuid,
 )
 
+from . import namespace
 from .alloc import free_runs, used_by
 from .units import human_size
 
@@ -59,11 +60,19 @@ __all__ = [
     "remove_volume",
     "rename_volume",
     "resize_volume",
+    "set_attributes",
 ]
 
 #: Fit policies: the order in which devices are preferred.
 FITS = ("spread", "cheapest", "fastest")
 MIN_STRIPE_SIZE = 4096
+#: Highest owner uid and group gid of a volume file: 2**32 - 1 is (uid_t) -1,
+#: which chown(2) reads as "leave unchanged".
+MAX_ID = namespace.MAX_ID
+#: The permission bits of a volume's mode; SPECIAL_BITS (setuid, setgid,
+#: sticky) only when asked for explicitly (``special=True``).
+PERMISSION_BITS = 0o777
+SPECIAL_BITS = 0o7000
 
 
 class PlacementError(ConfigError):
@@ -97,6 +106,8 @@ class VolumeSpec:
     mode: int = 0o600
     hosts: list[str] = field(default_factory=list)
     read_policy: str = "balanced"
+    #: allow setuid, setgid and sticky bits in ``mode`` (``--special-bits``)
+    special_bits: bool = False
 
 
 # -- free space being allocated ----------------------------------------------
@@ -353,13 +364,35 @@ def _check_spec(pool: Pool, spec: VolumeSpec) -> None:
         raise PlacementError(
             f"unknown read policy {spec.read_policy!r}: use one of {', '.join(READ_POLICIES)}"
         )
-    if not 0 <= spec.mode <= 0o7777 or spec.owner < 0 or spec.group < 0:
-        raise PlacementError(f"volume {spec.name}: invalid owner, group or mode")
+    check_attributes(f"volume {spec.name}", spec.owner, spec.group, spec.mode,
+                     special=spec.special_bits)
     if _has_amounts(spec) and (spec.stripes != 1 or spec.mirrors != 1):
         raise PlacementError(
             "--on DEV:SIZE amounts need a linear volume (1 stripe, 1 mirror);"
             " name devices without sizes to restrict a striped or mirrored one"
         )
+
+
+def check_attributes(what: str, owner: int | None, group: int | None, mode: int | None, *,
+                     special: bool = False) -> None:
+    """Raise PlacementError unless each given owner, group and mode is valid.
+
+    *owner* and *group* must be integers from 0 to :data:`MAX_ID`; *mode*
+    an integer of permission bits (at most 0o777), with setuid, setgid and
+    sticky (0o7000) allowed only if *special*.  ``None`` is not checked (not
+    being changed).  *what* opens the message ("volume tank/db").
+    """
+    for name, value in (("owner", owner), ("group", group)):
+        if value is not None and not namespace.valid_id(value):
+            raise PlacementError(f"{what}: {name} {value!r} is not a number from 0 to {MAX_ID}")
+    if mode is None:
+        return
+    allowed = PERMISSION_BITS | (SPECIAL_BITS if special else 0)
+    if type(mode) is not int or mode < 0 or mode & ~(PERMISSION_BITS | SPECIAL_BITS):
+        raise PlacementError(f"{what}: mode {mode!r} is not a file mode (0 to 0o7777)")
+    if mode & ~allowed:
+        raise PlacementError(f"{what}: mode {mode:04o} has setuid, setgid or sticky bits;"
+                             " ask for them explicitly (--special-bits)")
 
 
 def _has_amounts(spec: VolumeSpec) -> bool:
@@ -634,6 +667,28 @@ def rename_volume(pool: Pool, old: str, new: str) -> Pool:
     if new != vol.name and out.has_volume(new):
         raise PlacementError(f"pool {pool.name} already has a volume {new!r}")
     vol.name = new
+    out.check()
+    return out
+
+
+def set_attributes(pool: Pool, name: str, *, owner: int | None = None,
+                   group: int | None = None, mode: int | None = None,
+                   special: bool = False) -> Pool:
+    """Return a new pool where volume *name* has the given owner, group and mode.
+
+    ``None`` leaves a value as it is; the new values are checked by
+    :func:`check_attributes` (values already in the pool are not: a bad one
+    read from media can be replaced here).  Raises PlacementError.
+    """
+    check_attributes(f"volume {pool.name}/{name}", owner, group, mode, special=special)
+    out = pool.copy()
+    vol = _volume(out, name)
+    if owner is not None:
+        vol.owner = owner
+    if group is not None:
+        vol.group = group
+    if mode is not None:
+        vol.mode = mode
     out.check()
     return out
 

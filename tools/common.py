@@ -75,6 +75,28 @@ class SizeParam(click.ParamType):
 SIZE = SizeParam()
 
 
+class ModeParam(click.ParamType):
+    """An octal file mode from 0 to 7777 (setuid, setgid, sticky need --special-bits)."""
+
+    name = "mode"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            mode = int(str(value), 8)
+        except ValueError:
+            self.fail(f"{value!r} is not an octal mode", param, ctx)
+        if not 0 <= mode <= 0o7777:
+            self.fail(f"{value!r} is not a file mode (0 to 7777)", param, ctx)
+        return mode
+
+
+MODE = ModeParam()
+#: uids and gids a volume file may have (2**32 - 1 means "unchanged" to chown).
+ID = click.IntRange(0, (1 << 32) - 2)
+
+
 def state_dir_option(f: F) -> F:
     return click.option(
         "--state-dir", envvar="VVFS_STATE_DIR", default=None, metavar="DIR",

@@ -12,6 +12,8 @@ from mapper.units import human_size
 from metadata.model import Pool, Volume
 
 from .common import (
+    ID,
+    MODE,
     SIZE,
     json_option,
     pass_manager,
@@ -320,9 +322,12 @@ def _parse_on(values: tuple[str, ...]) -> list[tuple[str, int | None]]:
               show_default=True, help="Which eligible devices to fill first.")
 @click.option("--on", "on", multiple=True, metavar="DEV[:SIZE]",
               help="Place on these devices (with amounts for a linear volume); repeatable.")
-@click.option("--owner", type=int, default=0, show_default=True, help="Owner uid in the mount.")
-@click.option("--group", type=int, default=0, show_default=True, help="Group gid in the mount.")
-@click.option("--mode", default="0600", show_default=True, help="Octal file mode in the mount.")
+@click.option("--owner", type=ID, default=0, show_default=True, help="Owner uid in the mount.")
+@click.option("--group", type=ID, default=0, show_default=True, help="Group gid in the mount.")
+@click.option("--mode", type=MODE, default="0600", show_default=True,
+              help="Octal file mode in the mount.")
+@click.option("--special-bits", is_flag=True,
+              help="Allow setuid, setgid and sticky bits in --mode.")
 @click.option("--read-policy", type=click.Choice(["balanced", "primary", "first"]),
               default="balanced", show_default=True,
               help="How a mirror is read: round-robin, leg 0 unless failed, or every leg"
@@ -330,19 +335,14 @@ def _parse_on(values: tuple[str, ...]) -> list[tuple[str, int | None]]:
 @pass_manager
 def volume_create(mgr, path: str, size: int, stripes: int, stripe_size: int, mirrors: int,
                   tier: int | None, min_protection: int | None, max_cost: float | None, fit: str,
-                  on: tuple[str, ...], owner: int, group: int, mode: str,
+                  on: tuple[str, ...], owner: int, group: int, mode: int, special_bits: bool,
                   read_policy: str) -> None:
     """Create volume NAME in POOL."""
-    try:
-        mode_i = int(mode, 8)
-    except ValueError:
-        raise click.BadParameter(f"{mode!r} is not an octal mode", param_hint="--mode") from None
-    if not 0 <= mode_i <= 0o7777:
-        raise click.BadParameter(f"{mode!r} is not a file mode", param_hint="--mode")
     spec = mapper.VolumeSpec(name="", size=size, stripes=stripes, stripe_size=stripe_size,
                              mirrors=mirrors, tier=tier, min_protection=min_protection,
                              max_cost=max_cost, fit=fit, on=_parse_on(on), owner=owner,
-                             group=group, mode=mode_i, read_policy=read_policy)
+                             group=group, mode=mode, special_bits=special_bits,
+                             read_policy=read_policy)
     v = mgr.create_volume(path, spec)
     click.echo(f"created volume {path}: {human_size(v.size)}, {_layout(v)}")
 

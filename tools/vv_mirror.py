@@ -21,7 +21,7 @@ import click
 from mapper.units import human_size
 from metadata.model import READ_POLICIES
 
-from .common import SIZE, QuietError, json_option, pass_manager, print_json, print_table
+from .common import ID, MODE, SIZE, QuietError, json_option, pass_manager, print_json, print_table
 
 POLL = 0.5
 LOG_EVERY = 5.0
@@ -275,13 +275,21 @@ def device_paths(mgr: Any, pool_name: str, key: str, add: str | None, remove: st
 @click.option("--read-policy", type=click.Choice(READ_POLICIES), default=None,
               help="How a mirror is read: balanced (round-robin), primary (leg 0 unless it"
                    " failed), first (every leg, the first answer wins).")
+@click.option("--owner", type=ID, default=None, help="Owner uid in the mount.")
+@click.option("--group", type=ID, default=None, help="Group gid in the mount.")
+@click.option("--mode", type=MODE, default=None, help="Octal file mode in the mount.")
+@click.option("--special-bits", is_flag=True,
+              help="Allow setuid, setgid and sticky bits in --mode.")
 @pass_manager
-def volume_set(mgr: Any, path: str, read_policy: str | None) -> None:
+def volume_set(mgr: Any, path: str, read_policy: str | None, owner: int | None,
+               group: int | None, mode: int | None, special_bits: bool) -> None:
     """Change settings of a volume (online)."""
-    if read_policy is None:
-        raise click.UsageError("nothing to set: give --read-policy")
-    v = mgr.set_volume(path, read_policy=read_policy)
-    click.echo(f"volume {path}: read policy {v.read_policy}")
+    if (read_policy, owner, group, mode) == (None, None, None, None):
+        raise click.UsageError("nothing to set: give --read-policy, --owner, --group or --mode")
+    v = mgr.set_volume(path, read_policy=read_policy, owner=owner, group=group, mode=mode,
+                       special_bits=special_bits)
+    click.echo(f"volume {path}: read policy {v.read_policy}, owner {v.owner}:{v.group}"
+               f" mode {v.mode:04o}")
 
 
 # ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from metadata.model import UnsupportedConfigError
 
 __all__ = [
     "EXIT_FAILED", "EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE",
-    "AdminError", "ApiError", "BadMagicError", "BlockChecksumError", "CatalogError",
+    "AdminError", "ApiError", "ArgumentError", "BadMagicError", "BlockChecksumError", "CatalogError",
     "ChecksumError", "CodecError", "CommitError", "ConfigError", "DeviceIOError",
     "DivergedError", "FsckError", "JobError",
     "LockedError", "MediaError", "MissingError", "MoveError", "NoSpaceError",
@@ -166,6 +166,12 @@ class JobError(VVError):
 
 class CodecError(VVError):
     """A value cannot be encoded, or a document is not a valid encoding."""
+
+
+class ArgumentError(VVError):
+    """The arguments of an admin API call do not have the types the method declares."""
+
+    http_status = 400
 
 
 class AdminError(VVError):

@@ -9,6 +9,7 @@ runs on trio in a thread of the test process; ``vv`` runs as a subprocess.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from metadata.model import Pool
 from tools.common import exit_code_for
 from vvfs.api import Manager, PoolReport, PoolShow, Ports
 from vvfs.errors import LockedError, RefusedError, RemoteError
-from vvfs.node import admin, codec
+from vvfs.node import admin, arguments, codec
 from vvfs.node.client import ManagerProxy, NodeClient, node_socket, open_manager, remote_error
 
 from ..support.util import sparse_file
@@ -242,7 +243,7 @@ def test_method_outside_the_allow_list_is_rejected(http):
 def test_non_json_body_is_400(http):
     r = http.post("/v1/call/list_pools", content=b"{not json")
     assert r.status_code == 400
-    assert r.json() == {"error": "the request body is not JSON", "type": "BadRequest",
+    assert r.json() == {"error": "list_pools: the request body is not JSON", "type": "BadRequest",
                         "exit_code": 1}
 
 
@@ -258,6 +259,141 @@ def test_unknown_argument_is_400(http):
 def test_unknown_value_type_is_400(http):
     r = http.post("/v1/call/list_volumes", json={"pool_name": {"$type": "os.system"}})
     assert r.status_code == 400 and "unknown value type" in r.json()["error"]
+
+
+# ---------------------------------------------------------------------------
+# arguments of the wrong type or out of bounds: 400 naming method and argument
+
+
+def configuration(node: StandInNode) -> list[dict[str, Any]]:
+    """Every pool's configuration as the catalog holds it (generation included)."""
+    return [node.manager.catalog.load_pool(row.uuid).to_dict()
+            for row in node.manager.catalog.pools()]
+
+
+@pytest.fixture
+def volume(node: StandInNode) -> str:
+    node.manager.create_volume("tank/a", mapper.VolumeSpec(name="", size=8 << 20))
+    return "tank/a"
+
+
+def refused(http: httpx.Client, node: StandInNode, method: str, body: str) -> str:
+    """POST *body* to *method*: a 400 with one line that changed nothing; return that line."""
+    before = configuration(node)
+    r = http.post(f"/v1/call/{method}", content=body.encode())
+    assert r.status_code == 400, r.text
+    doc = r.json()
+    assert doc["type"] == "BadRequest" and doc["exit_code"] == 1
+    assert "\n" not in doc["error"]
+    assert configuration(node) == before
+    return doc["error"]
+
+
+def test_a_list_as_a_path_is_400(http, node):
+    body = json.dumps({"pool_name": "tank", "path": ["/dev/sdz"]})
+    assert refused(http, node, "add_device", body) == \
+        "add_device: argument path: Input should be a valid string"
+
+
+def test_an_object_as_a_size_is_400(http, node, volume):
+    body = json.dumps({"path": volume, "size": {"bytes": 1 << 30}})
+    assert refused(http, node, "resize_volume", body) == \
+        "resize_volume: argument size: Input should be a valid integer"
+
+
+def test_a_401_digit_number_is_400(http, node, volume):
+    body = json.dumps({"path": volume, "size": 10**400})
+    assert refused(http, node, "resize_volume", body) == \
+        ("resize_volume: argument size: number 10000000000000000000... (401 characters)"
+         " is out of range (at most 9223372036854775807 either way)")
+
+
+def test_a_number_just_beyond_64_bits_is_400(http, node):
+    body = json.dumps({"pool": None, "since": 1 << 63})
+    assert refused(http, node, "list_events", body).startswith(
+        "list_events: argument since: number 9223372036854775808 is out of range")
+
+
+def test_events_since_beyond_64_bits_is_400(http):
+    r = http.get("/v1/events", params={"since": "9" * 401})
+    assert r.status_code == 400
+    assert r.json()["error"] == ("since: number 99999999999999999999... (401 characters)"
+                                 " is out of range (at most 9223372036854775807 either way)")
+
+
+def test_events_since_not_a_number_is_400(http):
+    r = http.get("/v1/events", params={"since": "ten"})
+    assert (r.status_code, r.json()["error"]) == (400, "since must be an integer")
+
+
+def test_a_spec_with_wrong_field_types_is_400(http, node):
+    spec = {"$type": "VolumeSpec", "value": {"name": "", "size": "8M", "mirrors": [2]}}
+    body = json.dumps({"path": "tank/b", "spec": spec})
+    assert refused(http, node, "create_volume", body) == \
+        "create_volume: argument spec.size: Input should be a valid integer (and 1 more)"
+
+
+def test_a_plain_object_as_a_spec_is_400(http, node):
+    body = json.dumps({"path": "tank/b", "spec": {"name": "", "size": 8 << 20}})
+    assert refused(http, node, "create_volume", body) == \
+        "create_volume: argument spec: Input should be an instance of VolumeSpec"
+
+
+def test_a_spec_field_out_of_range_names_the_field(http, node):
+    spec = {"$type": "VolumeSpec", "value": {"name": "", "size": 8 << 20, "mode": 10**30}}
+    body = json.dumps({"specs": [spec], "pool_name": "tank"})
+    assert refused(http, node, "create_volumes", body).startswith(
+        "create_volumes: argument specs.0.mode: number 10000000000000000000... (31 characters)")
+
+
+def test_100000_nested_brackets_are_400(http, node):
+    body = '{"name": "other", "paths": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert refused(http, node, "create_pool", body) == \
+        "create_pool: argument paths: nested deeper than 32 levels"
+
+
+def test_nesting_within_the_limit_is_checked_by_type(http, node):
+    body = '{"name": "other", "paths": ' + "[" * 31 + "]" * 31 + "}"
+    assert refused(http, node, "create_pool", body) == \
+        "create_pool: argument paths.0: Input should be a valid string"
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_number_json_cannot_hold_is_400(http, node, number):
+    body = '{"pool_name": "tank", "path": "/dev/sdz", "cost": ' + number + "}"
+    assert refused(http, node, "add_device", body) == \
+        f"add_device: argument cost: number {number} is " + \
+        ("out of range of a float" if number == "1e400" else "not a number JSON allows")
+
+
+def test_a_string_for_an_int_is_400(http, node, volume):
+    body = json.dumps({"path": volume, "size": "10"})
+    assert refused(http, node, "resize_volume", body) == \
+        "resize_volume: argument size: Input should be a valid integer"
+
+
+def test_a_bool_for_an_int_is_400(http, node, volume):
+    body = json.dumps({"path": volume, "size": True})
+    assert refused(http, node, "resize_volume", body) == \
+        "resize_volume: argument size: Input should be a valid integer"
+
+
+def test_a_nul_in_a_path_is_400(http, node):
+    body = json.dumps({"pool_name": "tank", "path": "/dev/sd\0z"})
+    assert refused(http, node, "add_device", body) == \
+        "add_device: argument path: a string holds a NUL character"
+
+
+def test_a_missing_argument_is_400(http, node):
+    assert refused(http, node, "resize_volume", json.dumps({"path": "tank/a"})) == \
+        "resize_volume: argument size: Field required"
+
+
+def test_every_api_method_has_an_argument_model():
+    for method in sorted(codec.API_METHODS):
+        model = arguments.model_of(method)
+        signature = inspect.signature(getattr(Manager, method))
+        assert list(model.model_fields) == list(signature.parameters)[1:], method
 
 
 def test_wrong_http_method_is_405(http):
@@ -293,7 +429,6 @@ def test_status_is_the_nodes(http, node):
 
 
 def test_proxy_has_the_managers_signatures():
-    import inspect
 
     for name in codec.API_METHODS:
         assert inspect.signature(getattr(ManagerProxy, name)) == \

@@ -27,6 +27,7 @@ from vvfs.data.volio import PoolIO
 from vvfs.io.devio import DataDevice, io_limiter
 from vvfs.node.fs import ROOT, VolumeFS
 
+from ..support.fsck_support import commit_raw
 from ..support.mountutil import MiB, TestPool, read_dev
 
 KiB = 1024
@@ -207,7 +208,7 @@ def test_setattr_refuses_a_size_change(pool: TestPool) -> None:
     serve(pool, body)
 
 
-def test_setattr_refuses_chmod_and_chown(pool: TestPool) -> None:
+def test_setattr_refuses_chmod_and_chown_without_a_node(pool: TestPool) -> None:
     async def body(h: Harness) -> None:
         ino = await h.inode("lin")
         attr = pyfuse3.EntryAttributes()
@@ -219,6 +220,79 @@ def test_setattr_refuses_chmod_and_chown(pool: TestPool) -> None:
             assert fuse_errno(e) == errno.EPERM
 
     serve(pool, body)
+
+
+def test_setattr_refuses_chmod_and_chown_by_anyone_but_root(pool: TestPool) -> None:
+    changes: list[tuple[str, int | None, int | None, int | None]] = []
+
+    async def change(path: str, owner: int | None, group: int | None,
+                     mode: int | None) -> None:
+        changes.append((path, owner, group, mode))
+
+    async def body(h: Harness) -> None:
+        h.fs.change_attributes = change
+        ino = await h.inode("lin")
+        attr = pyfuse3.EntryAttributes()
+        attr.st_mode = stat.S_IFREG | 0o666
+        attr.st_uid = 1000
+        user = SimpleNamespace(uid=1000, gid=100, pid=4242, umask=0o022)
+        for fields in (_fields(update_mode=True), _fields(update_gid=True)):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await h.fs.setattr(ino, attr, fields, None, user)
+            assert fuse_errno(e) == errno.EPERM
+        assert changes == []
+
+    serve(pool, body)
+
+
+def bad_on_media(pool: TestPool, name: str, **values: object) -> None:
+    """Commit volume values that no Manager call takes, straight to media and catalog."""
+    with pool.manager() as mgr:
+        op = mgr.session.open(pool.name)
+        config = op.pool.copy()
+        op.close()
+    for field, value in values.items():
+        setattr(config.volume(name), field, value)
+    commit_raw(pool, config)  # type: ignore[arg-type]  # a TestPool has paths and manager()
+
+
+def test_owner_not_valid_on_media_shows_root_owned(pool: TestPool) -> None:
+    bad_on_media(pool, "lin", owner=1 << 32, group=-5)
+
+    async def body(h: Harness) -> None:
+        attr = await h.fs.lookup(h.pool_inode, b"lin", ctx())
+        assert (attr.st_uid, attr.st_gid, stat.S_IMODE(attr.st_mode)) == (0, 0, 0o640)
+        attr = await h.fs.getattr(attr.st_ino, ctx())
+        assert (attr.st_uid, attr.st_gid) == (0, 0)
+
+    serve(pool, body)
+
+
+def test_mode_not_valid_on_media_shows_0600(pool: TestPool) -> None:
+    bad_on_media(pool, "lin", mode=0o170777)
+
+    async def body(h: Harness) -> None:
+        attr = await h.fs.getattr(await h.inode("lin"), ctx())
+        assert attr.st_mode == stat.S_IFREG | 0o600
+        assert (attr.st_uid, attr.st_gid) == (1000, 100)
+
+    serve(pool, body)
+
+
+def test_owner_not_valid_on_media_is_logged_once(pool: TestPool,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    bad_on_media(pool, "lin", owner=1 << 32)
+
+    async def body(h: Harness) -> None:
+        ino = await h.inode("lin")
+        for _ in range(3):
+            await h.fs.getattr(ino, ctx())
+
+    with caplog.at_level("ERROR", logger="vvfs.node.fs"):
+        serve(pool, body)
+    lines = [r.getMessage() for r in caplog.records if r.name == "vvfs.node.fs"]
+    assert len(lines) == 1
+    assert "volume lin: owner not valid" in lines[0] and "4294967296" in lines[0]
 
 
 def test_setattr_allows_times_and_same_size(pool: TestPool) -> None:

@@ -147,9 +147,18 @@ class Manager:
     def rename_volume(self, path: str, new_name: str) -> Volume:
         return volumes.rename_volume(self.session, path, new_name)
 
-    def set_volume(self, path: str, *, read_policy: str | None = None) -> Volume:
-        """Change settings of POOL/VOL: its read policy (balanced, primary, first)."""
-        return volumes.set_volume(self.session, path, read_policy)
+    def set_volume(self, path: str, *, read_policy: str | None = None, owner: int | None = None,
+                   group: int | None = None, mode: int | None = None,
+                   special_bits: bool = False) -> Volume:
+        """Change settings of POOL/VOL: read policy, owner uid, group gid, mode.
+
+        ``None`` leaves a setting as it is.  *owner* and *group* are 0 to
+        2**32 - 2; *mode* holds permission bits (0o777), and setuid, setgid
+        or sticky bits only with *special_bits*.  Nothing is committed when
+        nothing changes.
+        """
+        return volumes.set_volume(self.session, path, read_policy,
+                                  volumes.Attributes(owner, group, mode, special_bits))
 
     # -- moving and scrubbing data (copied in the node: vvfs/node/jobs.py, scrub.py) ---
 

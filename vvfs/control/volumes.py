@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import mapper
 from mapper import mirrors as mmirrors
 from metadata.model import NAME_RE, Pool, Volume, check_name
@@ -71,13 +73,39 @@ def rename_volume(s: PoolSession, path: str, new_name: str) -> Volume:
         return new.volume(new_name)
 
 
-def set_volume(s: PoolSession, path: str, read_policy: str | None) -> Volume:
-    """Change settings of POOL/VOL: its read policy (balanced, primary, first)."""
+class Attributes(NamedTuple):
+    """Owner, group and mode to set on a volume (``None``: leave as it is)."""
+
+    owner: int | None = None
+    group: int | None = None
+    mode: int | None = None
+    special_bits: bool = False
+
+
+UNCHANGED = Attributes()
+
+
+def set_volume(s: PoolSession, path: str, read_policy: str | None,
+               attrs: Attributes = UNCHANGED) -> Volume:
+    """Change settings of POOL/VOL: read policy, owner, group and mode."""
     pool_name, name = split_volume_path(path)
     with s.changing(pool_name, allow_missing=True) as op:
         new = op.pool
         if read_policy is not None:
             new = mmirrors.set_read_policy(new, name, read_policy)
+        if (attrs.owner, attrs.group, attrs.mode) != (None, None, None):
+            new = _set_attributes(new, name, attrs)
         if new is not op.pool:
             new = s.commit(op, new)
         return new.volume(name)
+
+
+def _set_attributes(pool: Pool, name: str, attrs: Attributes) -> Pool:
+    """*pool* with the attributes set; *pool* itself when nothing would change."""
+    vol = pool.volume(name)
+    new = mapper.set_attributes(pool, name, owner=attrs.owner, group=attrs.group,
+                                mode=attrs.mode, special=attrs.special_bits)
+    after = new.volume(name)
+    if (after.owner, after.group, after.mode) == (vol.owner, vol.group, vol.mode):
+        return pool
+    return new

@@ -23,8 +23,12 @@ changes pools while they are mounted.  Endpoints -- and nothing else:
 
 Every failure answers ``{"error": ONE_LINE, "type": CLASS, "exit_code": N}``
 with N the exit status ``vv`` gives offline (1 refused or failed, 3 device
-I/O or media, 4 locked): 400 a body that is not a JSON object or arguments
-the method does not take, 404 an unknown path or method or ``NotFoundError``,
+I/O or media, 4 locked): 400 a body that is not a JSON object within the
+bounds of :func:`vvfs.node.codec.loads` (numbers within 64 bits, nesting at
+most ``codec.MAX_DEPTH`` deep) or arguments the method does not take, lacks,
+or gets of other types than its signature declares
+(:mod:`vvfs.node.arguments`) -- one line naming the method and the
+argument --, 404 an unknown path or method or ``NotFoundError``,
 405 the wrong HTTP method, 409 a refusal (any other ``VVError``), 413 a body
 over 1 MiB, 423 ``LockedError``, 500 a device I/O or media error, or a bug
 (type ``InternalError``; the traceback goes to the log).
@@ -47,7 +51,6 @@ never cut in half -- and removes the socket file if it is still ours.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -65,9 +68,8 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from metadata.errors import VVError
-from vvfs.control.manager import Manager
-from vvfs.errors import AdminError
-from vvfs.node import codec
+from vvfs.errors import AdminError, ArgumentError
+from vvfs.node import arguments, codec
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class AdminApp:
         if path.startswith("/v1/call/"):
             _want(verb, "POST")
             method = path.removeprefix("/v1/call/")
-            return 200, {"result": await self._call(method, await _read_json(receive))}
+            return 200, {"result": await self._call(method, await _read_body(receive))}
         raise HTTPError(404, f"no such endpoint {path}", "NotFound")
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,7 +157,7 @@ class AdminApp:
         try:
             _want(scope["method"], "GET")
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            since = int(query.get("since", ["0"])[0])
+            since = codec.bounded_int(query.get("since", ["0"])[0])
             pool = query.get("pool", [None])[0] or None
             follow = query.get("follow", ["0"])[0] not in ("0", "", "false")
             first = await self.node.events(pool, since, EVENTS_BATCH)
@@ -165,6 +167,10 @@ class AdminApp:
         except ValueError:
             await _respond(send, 400, {"error": "since must be an integer",
                                        "type": "BadRequest", "exit_code": 1})
+            return
+        except codec.CodecError as exc:
+            await _respond(send, 400, {"error": f"since: {exc}", "type": "BadRequest",
+                                       "exit_code": 1})
             return
         except VVError as exc:
             await _respond(send, exc.http_status, {"error": _one_line(exc),
@@ -200,7 +206,7 @@ class AdminApp:
             raise HTTPError(500, f"internal error in the node: {_one_line(exc)}",
                             "InternalError") from None
 
-    async def _call(self, method: str, body: Any) -> Any:
+    async def _call(self, method: str, body: bytes) -> Any:
         if method not in codec.API_METHODS:
             raise HTTPError(404, f"no API method {method!r}", "NotFound")
         kwargs = _arguments(method, body)
@@ -228,26 +234,29 @@ def _want(verb: str, expected: str) -> None:
         raise HTTPError(405, f"use {expected} here, not {verb}", "MethodNotAllowed")
 
 
-def _arguments(method: str, body: Any) -> dict[str, Any]:
-    """Decode the keyword arguments of *method* and check that it takes them."""
-    if not isinstance(body, dict):
-        raise HTTPError(400, "the request body must be a JSON object of arguments",
-                        "BadRequest")
+def _arguments(method: str, body: bytes) -> dict[str, Any]:
+    """Parse and decode the keyword arguments of *method*; check them against its type hints.
+
+    Every mistake is an HTTPError 400 whose one line names the method (and
+    the argument, where there is one).
+    """
     try:
-        kwargs = codec.decode(body)
-        inspect.signature(getattr(Manager, method)).bind(None, **kwargs)
+        doc = codec.loads(body or b"{}")
+        if not isinstance(doc, dict):
+            raise HTTPError(400, f"{method}: the request body must be a JSON object of"
+                                 " arguments", "BadRequest")
+        return arguments.check(method, codec.decode(doc))
     except codec.CodecError as exc:
-        raise HTTPError(400, f"{method}: {exc}", "BadRequest") from None
-    except TypeError as exc:
-        raise HTTPError(400, f"{method}: {exc}", "BadRequest") from None
-    return kwargs
+        raise HTTPError(400, f"{method}: {_one_line(exc)}", "BadRequest") from None
+    except ArgumentError as exc:
+        raise HTTPError(400, _one_line(exc), "BadRequest") from None
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).splitlines()) or type(exc).__name__
 
 
-async def _read_json(receive: Receive) -> Any:
+async def _read_body(receive: Receive) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -260,10 +269,7 @@ async def _read_json(receive: Receive) -> Any:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    try:
-        return json.loads(b"".join(chunks) or b"{}")
-    except ValueError:
-        raise HTTPError(400, "the request body is not JSON", "BadRequest") from None
+    return b"".join(chunks)
 
 
 async def _respond(send: Send, status: int, doc: Any) -> None:

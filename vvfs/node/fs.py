@@ -4,8 +4,12 @@ The root directory holds one directory per pool; a pool directory holds one
 regular file per volume presented to this host (the rule is level 1 of
 resolution, :mod:`mapper.namespace`: a volume with an empty host list is
 presented to every host).  A volume file has the volume's size, owner, group
-and mode and one link; it cannot be created, removed, renamed, truncated or
-chmod'ed through the mount -- that is what ``vv`` is for.
+and mode and one link; it cannot be created, removed, renamed or truncated
+through the mount -- that is what ``vv`` is for.  Root may chown and chmod
+it: the node commits the new owner, group or mode to the pool's
+configuration (``vv volume set``, through :attr:`VolumeFS.change_attributes`)
+before it answers.  An owner, group or mode read from media that is not
+valid is shown as root-owned 0600 and logged (:func:`mapper.namespace.attributes`).
 
 Handlers are thin: they log at debug level, translate arguments, delegate to
 :mod:`vvfs.data.volio` and turn domain errors into ``FUSEError`` (only here).
@@ -34,7 +38,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import cast
 
 import pyfuse3
@@ -43,6 +47,7 @@ from pyfuse3 import FUSEError
 
 from mapper import namespace
 from metadata.blockdev import DeviceIOError
+from metadata.errors import ConfigError, VVError
 from metadata.model import PoolUUID, Volume, VolumeUUID
 from vvfs.data.volio import PoolChange, PoolIO, VolumeIO
 from vvfs.errors import NoSpaceError
@@ -56,6 +61,9 @@ ROOT = pyfuse3.ROOT_INODE
 CACHE_TIMEOUT = 10.0
 BLOCK = 4096
 DIR_MODE = stat.S_IFDIR | 0o755
+#: ``change_attributes(POOL/VOL, owner, group, mode)``: commit new values
+#: (``None``: unchanged) and make them live before returning; raises VVError.
+ChangeAttributes = Callable[[str, int | None, int | None, int | None], Awaitable[None]]
 
 
 class VolumeFS(pyfuse3.Operations):
@@ -80,6 +88,10 @@ class VolumeFS(pyfuse3.Operations):
         self._fences: dict[PoolUUID, trio.Event] = {}
         self._started = time.time_ns()
         self._initialized = trio.Event()
+        #: set by the node: how root's chown and chmod are committed (None: refused)
+        self.change_attributes: ChangeAttributes | None = None
+        #: (volume uuid, attributes) already logged as not valid on media
+        self._warned: set[tuple[str, tuple[str, ...]]] = set()
 
     # ------------------------------------------------------------------
     # session
@@ -149,9 +161,10 @@ class VolumeFS(pyfuse3.Operations):
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = self._started
         if vio is not None:
             v = vio.volume
-            e.st_mode = stat.S_IFREG | (v.mode & 0o7777)
+            attrs = self._attributes(vio)
+            e.st_mode = stat.S_IFREG | attrs.mode
             e.st_nlink = 1
-            e.st_uid, e.st_gid = v.owner, v.group
+            e.st_uid, e.st_gid = attrs.owner, attrs.group
             e.st_size = vio.size
             e.st_blocks = (vio.size + 511) // 512
             e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = int(v.created * 1e9)
@@ -160,6 +173,17 @@ class VolumeFS(pyfuse3.Operations):
             e.st_nlink = 2 + (len(self.pools) if pio is None else 0)
             e.st_uid = e.st_gid = 0
         return e
+
+    def _attributes(self, vio: VolumeIO) -> namespace.Attributes:
+        """The volume's owner, group and mode, made safe; what is not valid is logged once."""
+        attrs = namespace.attributes(vio.volume)
+        if attrs.bad and (vio.uuid, attrs.bad) not in self._warned:
+            self._warned.add((vio.uuid, attrs.bad))
+            v = vio.volume
+            log.error("volume %s: %s not valid in the configuration (owner %r, group %r,"
+                      " mode %r); shown as root-owned %04o until 'vv volume set' fixes it",
+                      v.name, ", ".join(attrs.bad), v.owner, v.group, v.mode, attrs.mode)
+        return attrs
 
     def _children(self, inode: InodeT) -> list[tuple[InodeT, str]]:
         pio, vio = self._resolve(inode)
@@ -200,9 +224,11 @@ class VolumeFS(pyfuse3.Operations):
     async def setattr(self, inode: InodeT, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        """Allow only no-op changes and atime/mtime (ignored).
+        """Times are ignored; root's chown and chmod are committed; a size change is EPERM.
 
-        A size change is EPERM: volumes are resized with ``vv volume resize``.
+        Volumes are resized with ``vv volume resize``.  chown and chmod by
+        anyone but root are EPERM, on a read-only mount EROFS; a value the
+        pool refuses is EINVAL, a commit that fails EIO (logged).
         """
         log.debug("setattr %d", inode)
         cur = self._entry(inode)
@@ -210,12 +236,36 @@ class VolumeFS(pyfuse3.Operations):
             log.info("refused truncate of inode %d to %d bytes: use 'vv volume resize'",
                      inode, attr.st_size)
             raise FUSEError(errno.EPERM)
-        if fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(cur.st_mode):
+        owner = attr.st_uid if fields.update_uid and attr.st_uid != cur.st_uid else None
+        group = attr.st_gid if fields.update_gid and attr.st_gid != cur.st_gid else None
+        mode = stat.S_IMODE(attr.st_mode) if (
+            fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(cur.st_mode)
+        ) else None
+        if (owner, group, mode) == (None, None, None):
+            return cur
+        await self._change_attributes(inode, ctx, owner, group, mode)
+        return self._entry(inode)
+
+    async def _change_attributes(self, inode: InodeT, ctx: pyfuse3.RequestContext,
+                                 owner: int | None, group: int | None, mode: int | None) -> None:
+        pio, vio = self._resolve(inode)
+        if pio is None or vio is None:
+            raise FUSEError(errno.EPERM)  # the root and pool directories are fixed
+        if ctx.uid != 0 or self.change_attributes is None:
             raise FUSEError(errno.EPERM)
-        if (fields.update_uid and attr.st_uid != cur.st_uid) or (
-                fields.update_gid and attr.st_gid != cur.st_gid):
-            raise FUSEError(errno.EPERM)
-        return cur
+        if self.readonly:
+            raise FUSEError(errno.EROFS)
+        path = f"{pio.name}/{vio.name}"
+        log.info("chown/chmod of %s by root: owner %s, group %s, mode %s", path, owner, group,
+                 None if mode is None else f"{mode:04o}")
+        try:
+            await self.change_attributes(path, owner, group, mode)
+        except ConfigError as exc:  # PlacementError: a value the pool refuses
+            log.error("chown/chmod of %s refused: %s", path, exc)
+            raise FUSEError(errno.EINVAL) from None
+        except VVError as exc:
+            log.error("chown/chmod of %s failed: %s", path, exc)
+            raise FUSEError(errno.EIO) from None
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         pass  # inode numbers live as long as the mount

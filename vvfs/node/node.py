@@ -133,6 +133,7 @@ class Node:
         self.limiter = io_limiter(io_threads)
         self.fs = VolumeFS(host_ids={self.manager.host_id, socket.gethostname()},
                            readonly=readonly)
+        self.fs.change_attributes = self._change_attributes
         #: pool uuid -> device uuid -> open device
         self.devices: dict[PoolUUID, dict[DeviceUUID, DataDevice]] = {}
         self.state = "starting"
@@ -414,6 +415,16 @@ class Node:
                         self._pending_paths[uuid] = self.manager.catalog.device_paths(uuid)
                     except Exception as exc:  # noqa: BLE001 - must not mask fn's error
                         log.error("cannot read device paths of pool %s: %s", uuid, exc)
+
+    async def _change_attributes(self, path: str, owner: int | None, group: int | None,
+                                 mode: int | None) -> None:
+        """(The mount: root's chown or chmod) ``vv volume set`` POOL/VOL, live on return.
+
+        The mode came from root's chmod(2): setuid, setgid and sticky bits
+        were asked for explicitly.
+        """
+        await self.call("set_volume", {"path": path, "owner": owner, "group": group,
+                                       "mode": mode, "special_bits": True})
 
     def note_change(self, pool_uuid: str, pool: Pool | None) -> None:
         """(Management thread) remember a committed change for the trio thread."""
