@@ -52,7 +52,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -426,6 +427,32 @@ class PoolIO:
     async def flush(self) -> None:
         """Flush every open device of the pool concurrently."""
         await _gather([dev.flush for dev in self.devices.values()])
+
+    async def zero_ranges(self, ranges: Sequence[tuple[str, int, int]]
+                          ) -> list[tuple[str, int, int]]:
+        """Zero device byte ranges ``(device, offset, length)`` and flush those devices.
+
+        For management (new extents, :mod:`vvfs.control.zeroing`): ranges
+        that no volume of the live configuration maps, so no request of the
+        data path touches them meanwhile.  Each goes to its open
+        :class:`~vvfs.io.devio.DataDevice` (:meth:`~vvfs.io.devio.DataDevice.zero`,
+        the path the node reads it by), all concurrently; the ranges of
+        devices not open are returned untouched.  Raises the first
+        DeviceIOError once every call has ended.
+        """
+        mine = [r for r in ranges if r[0] in self.devices]
+        ways: Counter[str] = Counter()
+
+        async def one(dev: DataDevice, offset: int, length: int) -> None:
+            ways[await dev.zero(offset, length)] += length
+
+        await _gather([functools.partial(one, self.devices[DeviceUUID(d)], off, n)
+                       for d, off, n in mine])
+        await _gather([self.devices[DeviceUUID(d)].flush for d in {d for d, _o, _n in mine}])
+        if mine:
+            log.info("pool %s: zeroed %s of new extents", self.name,
+                     ", ".join(f"{how} {n}" for how, n in sorted(ways.items())))
+        return [r for r in ranges if r[0] not in self.devices]
 
 
 def _visible_change(old: Volume, new: Volume) -> bool:
