@@ -12,14 +12,17 @@ DEMO_DIR ?= $(CURDIR)/demo
 
 # Debian packages the product, the demo and the tests use (program -> package).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config fio e2fsprogs xfsprogs btrfs-progs \
-                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv
+                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv postgresql-15
+# (the tests start a PostgreSQL server of their own for the shared catalog:
+# initdb and pg_ctl, which Debian keeps off $PATH)
 DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fsprogs \
                 mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk sfdisk:fdisk wipefs:util-linux mdadm:mdadm groff:groff-base \
-                pvcreate:lvm2
+                pvcreate:lvm2 /usr/lib/postgresql/15/bin/initdb:postgresql-15
 
-.PHONY: all deps venv test test-fast demo demo-stop bench lint clean
+.PHONY: all deps venv mount-helper test test-fast demo demo-stop bench lint clean
 
 all: venv
+	@$(MAKE) --no-print-directory mount-helper
 
 deps:
 	@missing=""; \
@@ -43,6 +46,30 @@ $(STAMP): setup.cfg pyproject.toml | deps
 	touch $(STAMP)
 
 venv: deps $(STAMP)
+
+# `mount -t fuse.vvfs` and fstab lines: mount(8) runs SBINDIR/mount.fuse.vvfs
+# and looks in no other directory; without it, mount.fuse3 runs a program
+# "vvfs" from its default PATH, where .venv/bin is not.  So a venv install
+# needs this link (a system-wide pip install puts "vvfs" on that PATH).
+# A file there that is not a vvfs link is left alone.
+SBINDIR ?= /sbin
+MOUNT_HELPER := $(SBINDIR)/mount.fuse.vvfs
+MOUNT_HELPER_TARGET ?= $(CURDIR)/$(VENV)/bin/mount.fuse.vvfs
+
+mount-helper:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "make mount-helper: run as root to link $(MOUNT_HELPER)" >&2; exit 0; fi; \
+	test -x "$(MOUNT_HELPER_TARGET)" || { \
+	  echo "make mount-helper: $(MOUNT_HELPER_TARGET) missing (run make first)" >&2; exit 1; }; \
+	if [ -e "$(MOUNT_HELPER)" ] || [ -L "$(MOUNT_HELPER)" ]; then \
+	  case "$$(readlink "$(MOUNT_HELPER)")" in \
+	    */mount.fuse.vvfs|*/mount.vvfs) ;; \
+	    *) echo "make mount-helper: $(MOUNT_HELPER) is not a vvfs link; not touching it" >&2; \
+	       exit 1;; \
+	  esac; \
+	fi; \
+	ln -sfn "$(MOUNT_HELPER_TARGET)" "$(MOUNT_HELPER)"; \
+	echo "linked $(MOUNT_HELPER) -> $(MOUNT_HELPER_TARGET)"
 
 # The lint runs first: a broken layer contract or a type error fails `make test`.
 test: venv lint

@@ -19,6 +19,7 @@ COLORS = {
     "raw": "#7f7f7f",
     "vvfs-linear": "#1f77b4",
     "vvfs-mirror": "#6baed6",
+    "vvfs-mirror-nv": "#c6dbef",
     "vvfs-stripe": "#08519c",
     "qsd": "#ff7f0e",
     "nbdfuse": "#2ca02c",

@@ -3,6 +3,9 @@
 * ``raw`` -- the backing file itself, the limit every layer is measured against;
 * ``vvfs-linear``, ``vvfs-mirror``, ``vvfs-stripe`` -- volumes of one vvfs pool
   built and mounted with the real ``vv`` CLI (``vv mount -o backing=direct``);
+* ``vvfs-mirror-nv`` -- a second mirrored volume of that pool whose reads the
+  node serves without verifying the block checksums
+  (``VVFS_BENCH_NO_VERIFY``): what verification costs, in the same run;
 * ``qsd`` -- ``qemu-storage-daemon`` exporting the backing file through its
   FUSE export (``cache.direct=on,aio=native``);
 * ``nbdfuse`` -- ``nbdfuse`` over ``nbdkit file`` on a Unix socket
@@ -229,8 +232,12 @@ def nbdfuse_target(backing: str, mountdir: str, sock: str, log_path: str) -> Ite
 VVFS_TITLES = {
     "vvfs-linear": "vvfs linear volume",
     "vvfs-mirror": "vvfs 2-way mirror",
+    "vvfs-mirror-nv": "vvfs 2-way mirror, reads not verified (VVFS_BENCH_NO_VERIFY)",
     "vvfs-stripe": "vvfs 2-way stripe",
 }
+#: the volume of pool ``bench`` behind each vvfs target
+VVFS_VOLUMES = {"vvfs-linear": "linear", "vvfs-mirror": "mirror",
+                "vvfs-mirror-nv": "mirror-nv", "vvfs-stripe": "stripe"}
 
 
 def vv_command() -> str | None:
@@ -260,8 +267,12 @@ def _vv(vv: str, env: dict, *args: str, timeout: float = 300) -> str:
 @contextlib.contextmanager
 def vvfs_targets(dev_a: str, dev_b: str, state_dir: str, mountpoint: str, size: int,
                  mount_opts: str) -> Iterator[list[Target]]:
-    """A pool ``bench`` on *dev_a* and *dev_b* with a linear volume (on *dev_a*), a
-    2-way mirror and a 2-way stripe of *size* bytes each, mounted at *mountpoint*."""
+    """A pool ``bench`` on *dev_a* and *dev_b* with a linear volume (on *dev_a*), two
+    2-way mirrors and a 2-way stripe of *size* bytes each, mounted at *mountpoint*.
+
+    The node runs with ``VVFS_BENCH_NO_VERIFY=bench/mirror-nv``: that mirror's
+    reads are not verified by the block checksums (the other mirror's are).
+    """
     vv = vv_command()
     why = vv_mount_available(vv)
     if why is not None:
@@ -274,17 +285,19 @@ def vvfs_targets(dev_a: str, dev_b: str, state_dir: str, mountpoint: str, size: 
     first = next(d["name"] for d in devices if os.path.realpath(d["path"]) == dev_a)
     _vv(vv, env, "volume", "create", "bench/linear", "--size", str(size), "--on", first)
     _vv(vv, env, "volume", "create", "bench/mirror", "--size", str(size), "--mirrors", "2")
+    _vv(vv, env, "volume", "create", "bench/mirror-nv", "--size", str(size), "--mirrors", "2")
     _vv(vv, env, "volume", "create", "bench/stripe", "--size", str(size), "--stripes", "2")
     os.makedirs(mountpoint, exist_ok=True)
     node_pid: int | None = None
     try:
-        _vv(vv, env, "mount", "-o", mount_opts, "bench", mountpoint, timeout=START_TIMEOUT)
+        _vv(vv, dict(env, VVFS_BENCH_NO_VERIFY="bench/mirror-nv"), "mount", "-o", mount_opts,
+            "bench", mountpoint, timeout=START_TIMEOUT)
         node_pid = json.loads(_vv(vv, env, "status", "--json")).get("pid")
         cache = (f"vv mount -o {mount_opts}: backing files opened "
                  + ("O_DIRECT" if "backing=direct" in mount_opts else "buffered (page cache)")
                  + "; fio's O_DIRECT opens make FUSE direct_io (no page cache above)")
         pids = [node_pid] if node_pid else []
-        yield [Target(name, title, os.path.join(mountpoint, "bench", name.split("-")[1]),
+        yield [Target(name, title, os.path.join(mountpoint, "bench", VVFS_VOLUMES[name]),
                       cache, pids=pids) for name, title in VVFS_TITLES.items()]
     finally:
         _vvfs_unmount(vv, env, mountpoint, node_pid)

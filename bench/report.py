@@ -6,6 +6,10 @@ reference being the raw backing file (``raw``) or qemu-storage-daemon
 workload, the block size being fixed) higher is better, 1.00 = as fast as
 the reference; for latency lower is better, 1.00 = as quick as the
 reference.
+
+What verifying mirrored reads by the block checksums costs is the ratio of
+``vvfs-mirror`` (verified) to ``vvfs-mirror-nv`` (the same kind of volume in
+the same pool and run, its reads not verified): :func:`verification`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 from .workloads import ALL_WORKLOADS, EXT4_COPY, FIO_WORKLOADS, Result, Workload
 
 REFERENCES = ("raw", "qsd")
+#: the mirror whose reads are verified, and the one served without (VVFS_BENCH_NO_VERIFY)
+VERIFIED, UNVERIFIED = "vvfs-mirror", "vvfs-mirror-nv"
 METRICS = ("throughput", "p50", "p99")
 _FIELD = {"throughput": "mib_s", "p50": "lat_p50_us", "p99": "lat_p99_us"}
 
@@ -86,7 +92,39 @@ def goals(results: Sequence[Result]) -> list[Goal]:
     for wl in ALL_WORKLOADS:
         out.append(Goal("stripe >= linear", wl.name,
                         _div(thr("vvfs-stripe", wl), thr("vvfs-linear", wl)), 1.0))
+    for wl in ALL_WORKLOADS:  # the performance issue's later target
+        if wl.name == "rand-read-qd16":
+            out.append(Goal("mirror reads >= linear (later)", wl.name,
+                            _div(thr("vvfs-mirror", wl), thr("vvfs-linear", wl)), 1.0))
     return out
+
+
+def verification(results: Sequence[Result]) -> list[dict]:
+    """What verifying mirrored reads costs, per workload measured on both mirrors.
+
+    Rows ``{"workload", "throughput", "p50", "p99", "cpu_us", "cpu_us_nv"}``:
+    ``vvfs-mirror`` (reads verified) ÷ ``vvfs-mirror-nv`` (not verified) --
+    throughput below 1.00 and latency above 1.00 are the cost -- and the
+    node's CPU time per request on each (µs; moves less with the machine's
+    load than throughput does).
+    """
+    idx = _index(results)
+    out = []
+    for wl in ALL_WORKLOADS:
+        a, b = idx.get((VERIFIED, wl.name)), idx.get((UNVERIFIED, wl.name))
+        if a is not None and b is not None:
+            out.append({"workload": wl.name} | {
+                m: _div(getattr(a, _FIELD[m]), getattr(b, _FIELD[m])) for m in METRICS}
+                | {"cpu_us": _cpu_per_request(a), "cpu_us_nv": _cpu_per_request(b)})
+    return out
+
+
+def _cpu_per_request(r: Result) -> float | None:
+    """The server's CPU µs per request of fio run *r* (ramp included: an estimate)."""
+    cpu = r.extra.get("server_cpu_pct")
+    if cpu is None or not r.iops:
+        return None
+    return float(cpu) / 100 / r.iops * 1e6
 
 
 # ---------------------------------------------------------------- formatting
@@ -193,6 +231,15 @@ def goals_table(gs: Sequence[Goal]) -> list[str]:
     return lines
 
 
+def verification_table(rows: Sequence[dict]) -> list[str]:
+    lines = [("| workload | thr verified ÷ not | p50 verified ÷ not | p99 verified ÷ not "
+              "| node CPU µs/req verified | not verified |"), "|---|---|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {_ratio(r['throughput'])} | {_ratio(r['p50'])} "
+              f"| {_ratio(r['p99'])} | {_num(r.get('cpu_us'))} | {_num(r.get('cpu_us_nv'))} |"
+              for r in rows]
+    return lines
+
+
 def metadata_table(meta: dict | None) -> list[str]:
     if not meta:
         return ["(metadata benchmark not run)"]
@@ -256,6 +303,12 @@ def markdown(doc: dict) -> str:
     if cpu:
         out += ["", "## Server CPU (percent of one core, user + system, during the run)", ""]
         out += cpu
+    if doc.get("verification"):
+        out += ["", "## Read verification: vvfs-mirror ÷ vvfs-mirror-nv", "",
+                ("The same mirrored volume layout in the same pool and run, reads verified by "
+                 "the block checksums and not: throughput below 1.00 and latency above 1.00 "
+                 "are what verification costs."), ""]
+        out += verification_table(doc["verification"])
     out += ["", "## Issue 6 part 3 targets", ""]
     out += goals_table([Goal(**{k: g[k] for k in ("goal", "workload", "ratio", "need")})
                         for g in doc["goals"]])
@@ -274,7 +327,8 @@ def document(meta: dict, targets: Sequence[dict], results: Sequence[Result],
         row["ratio"] = rat.get((r.target, r.workload))
         rows.append(row)
     return {"meta": meta, "targets": list(targets), "results": rows,
-            "goals": [g.to_dict() for g in goals(results)], "metadata": metadata}
+            "goals": [g.to_dict() for g in goals(results)],
+            "verification": verification(results), "metadata": metadata}
 
 
 def write(doc: dict, out_dir: str) -> tuple[str, str]:

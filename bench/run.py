@@ -2,7 +2,8 @@
 
 ``python -m bench.run [--quick] [--out DIR]`` (``make bench``) prepares
 pre-filled backing files on disk, serves them through every target (the raw
-file, vvfs linear / mirrored / striped volumes, qemu-storage-daemon's FUSE
+file, vvfs linear / mirrored (reads verified, and not) / striped volumes,
+qemu-storage-daemon's FUSE
 export, nbdfuse over nbdkit), runs every workload on every target --
 workload by workload, the targets side by side, so that drift of the
 machine hits all of them alike -- then the metadata benchmark, and writes
@@ -50,8 +51,8 @@ from .workloads import (
 log = logging.getLogger("bench.run")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-#: vvfs devices hold a linear volume, one mirror leg and half a stripe (2.5
-#: volume sizes) plus labels, metadata areas and extent rounding.
+#: vvfs devices hold a linear volume, a leg of each of the two mirrors and half a
+#: stripe (3.5 volume sizes) plus labels, metadata areas and extent rounding.
 DEVICE_SLACK = 64 * MiB
 
 
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="run every workload N times on every target (interleaved) and keep "
                          "the median by throughput [default 1]")
     ap.add_argument("--targets", help="comma-separated subset of: raw, vvfs (or vvfs-linear, "
-                    "vvfs-mirror, vvfs-stripe), qsd, nbdfuse")
+                    "vvfs-mirror, vvfs-mirror-nv, vvfs-stripe), qsd, nbdfuse")
     ap.add_argument("--workloads", help="comma-separated subset of: "
                     + ", ".join(wl.name for wl in ALL_WORKLOADS))
     ap.add_argument("--vvfs-opts", default="backing=direct",
@@ -164,11 +165,11 @@ def versions() -> dict[str, str]:
 
 
 def wanted(args: argparse.Namespace) -> tuple[set[str], list[Workload]]:
-    names = {"raw", "vvfs-linear", "vvfs-mirror", "vvfs-stripe", "qsd", "nbdfuse"}
+    names = {"raw", *peers.VVFS_TITLES, "qsd", "nbdfuse"}
     if args.targets:
         asked = {t.strip() for t in args.targets.split(",") if t.strip()}
         if "vvfs" in asked:
-            asked |= {"vvfs-linear", "vvfs-mirror", "vvfs-stripe"}
+            asked |= set(peers.VVFS_TITLES)
             asked.discard("vvfs")
         unknown = asked - names
         if unknown:
@@ -224,7 +225,7 @@ def prepare(cfg: Config, dir_a: str, dir_b: str) -> tuple[str, str, str]:
     peer = os.path.join(dir_a, "peer.img")
     dev_a = os.path.join(dir_a, "vvfs-dev0.img")
     dev_b = os.path.join(dir_b, "vvfs-dev1.img")
-    dev_size = cfg.size * 5 // 2 + DEVICE_SLACK
+    dev_size = cfg.size * 7 // 2 + DEVICE_SLACK
     for path, size in ((peer, cfg.size), (dev_a, dev_size), (dev_b, dev_size)):
         fill_file(path, size)
     return peer, dev_a, dev_b

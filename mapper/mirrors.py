@@ -41,6 +41,7 @@ __all__ = [
     "RESYNC_KIND",
     "MirrorIndex",
     "Span",
+    "only_copies",
     "replace_device",
     "resync_record",
     "resync_records",
@@ -160,6 +161,23 @@ def _device(pool: Pool, key: str) -> Device:
         return pool.device(key)
     except ConfigError as exc:
         raise PlacementError(str(exc)) from exc
+
+
+def only_copies(pool: Pool, device: str) -> list[str]:
+    """Names of the volumes of which *device* holds the only copy still in service.
+
+    A volume is in that case when some column of some segment has every leg
+    on *device* or on a failed device: failing *device* makes those bytes
+    unreadable (a linear or striped volume on it; a mirror whose other legs
+    have failed).  In pool order.
+    """
+    failed = {d.uuid for d in pool.devices if d.state == "failed"} | {device}
+    out = []
+    for v in pool.volumes:
+        if any(all(leg[c].device in failed for leg in seg.areas)
+               for seg in v.segments for c in range(seg.stripes)):
+            out.append(v.name)
+    return out
 
 
 def set_device_state(pool: Pool, key: str, state: str, failure: str = "") -> Pool:

@@ -2,7 +2,7 @@
 
 Pure functions, like the rest of ``mapper``: each takes a :class:`Pool` and
 returns a new one (checked), or raises :class:`MoveError`.  The node copies
-the data (``vvfs/move.py``); this module only says what goes where.
+the data (``vvfs/node/jobs.py``); this module only says what goes where.
 
 The move record
 ---------------

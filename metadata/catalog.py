@@ -60,7 +60,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -430,7 +430,9 @@ class EventRow:
 class Catalog:
     """A SQL mirror of the configuration of the pools imported on this host.
 
-    *url* is a SQLAlchemy URL, e.g. ``sqlite:////var/lib/vvfs/catalog.sqlite``.
+    *url* is a SQLAlchemy URL, e.g. ``sqlite:////var/lib/vvfs/catalog.sqlite``,
+    or a PostgreSQL one (``postgresql://`` or ``postgresql+psycopg://``, see
+    :func:`engine_url`) for a catalog shared by several hosts.
     Tables are created on open; a catalog of a newer, unknown schema version
     raises :class:`CatalogError`.
     """
@@ -629,9 +631,29 @@ def _safe_url(url: str) -> str:
         return "<malformed URL>"
 
 
+#: URL schemes that name PostgreSQL without a driver (libpq's own, and
+#: SQLAlchemy's, whose default driver is psycopg2): vvfs uses psycopg 3.
+_POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+
+
+def engine_url(url: str) -> URL:
+    """The SQLAlchemy URL for a catalog URL of ``vvfs.yaml``.
+
+    A PostgreSQL URL without a driver -- SQLAlchemy's ``postgresql://`` or a
+    plain libpq URI such as ``postgresql://vvfs@/vvfs?host=/run/postgresql&port=5432``
+    -- gets the psycopg 3 driver (``postgresql+psycopg``, installed with
+    vvfs); libpq's ``host`` and ``port`` query parameters are passed on to it.
+    Raises ArgumentError for a malformed URL.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in _POSTGRES_SCHEMES:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def _open_engine(url: str) -> Engine:
     try:
-        engine = create_engine(url)
+        engine = create_engine(engine_url(url))
     except (ArgumentError, SQLAlchemyError, ImportError) as exc:
         raise CatalogError(f"cannot open catalog {_safe_url(url)}: {_one_line(exc)}") from exc
     if engine.dialect.name == "sqlite":

@@ -276,23 +276,93 @@ def diverged(scan: DeviceScan, choice: Choice) -> str | None:
     * it holds a commit record of a generation that a device holding the
       chosen generation committed with other contents (generation numbers
       are never reused), as long as both rings still hold that generation.
+
+    A device that holds the chosen generation's commit record is in the
+    pool, whatever older records it keeps: the pool committed to it (after
+    ``vv device online --discard-divergent`` rebuilt it, say).
     """
+    if _holds_chosen(scan, choice):
+        return None
     entry = next((d for d in choice.pool.devices if d.uuid == scan.device_uuid), None)
     newest = scan.newest_committed()
     if entry is not None and entry.state == "failed" and entry.failed_at and newest is not None \
             and newest >= entry.failed_at:
         return (f"it committed generation {newest}, while the pool has had it failed since"
                 f" generation {entry.failed_at}")
-    lineage = [s for s in choice.scans if s is not scan
-               and (rec := s.commits.get(choice.generation)) is not None
-               and rec.digest == choice.digest]
     for gen in sorted(scan.commits, reverse=True):
-        mine = scan.commits[gen].digest
-        for s in lineage:
-            other = s.commits.get(gen)
-            if other is not None and other.digest != mine:
-                return f"its generation {gen} is not the generation {gen} on {s.name}"
+        other = _contradicted(scan, choice, gen, scan.commits[gen].digest)
+        if other is not None:
+            return f"its generation {gen} is not the generation {gen} on {other.name}"
     return None
+
+
+def _holds_chosen(scan: DeviceScan, choice: Choice) -> bool:
+    rec = scan.commits.get(choice.generation)
+    return rec is not None and rec.digest == choice.digest
+
+
+def _contradicted(scan: DeviceScan, choice: Choice, gen: int, digest: bytes
+                  ) -> DeviceScan | None:
+    """A device of the chosen lineage that committed *gen* with contents other than *digest*."""
+    for s in choice.scans:
+        if s is scan or not _holds_chosen(s, choice):
+            continue
+        other = s.commits.get(gen)
+        if other is not None and other.digest != digest:
+            return s
+    return None
+
+
+def apart_generations(scan: DeviceScan, choice: Choice) -> list[int]:
+    """The generations on *scan*'s device written apart from the pool (see :func:`diverged`).
+
+    Those from the failure on (``Device.failed_at``) and those the chosen
+    lineage committed with other contents, slots and commit records alike;
+    the history the device shares with the pool is left out.
+    """
+    entry = next((d for d in choice.pool.devices if d.uuid == scan.device_uuid), None)
+    since = entry.failed_at if entry is not None and entry.state == "failed" else 0
+    out = []
+    for gen in sorted(set(scan.slots) | set(scan.commits)):
+        digests = {c.header.digest for c in scan.slots.get(gen, [])}
+        if gen in scan.commits:
+            digests.add(scan.commits[gen].digest)
+        if (since and gen >= since) or any(_contradicted(scan, choice, gen, d) is not None
+                                           for d in digests):
+            out.append(gen)
+    return out
+
+
+def erase_generations(dev: BlockDevice, label: fmt.Label, generations: list[int]) -> None:
+    """Erase the slots (both areas) and commit records of *generations* on *dev*."""
+    n = label.geometry.slot_count
+    for gen in generations:
+        for copy in (0, 1):
+            _erase_slot_of(dev, label, copy, gen % n, gen)
+            _erase_record_of(dev, label, copy, gen)
+    dev.flush()
+
+
+def _erase_slot_of(dev: BlockDevice, label: fmt.Label, copy: int, index: int, gen: int) -> None:
+    off = label.geometry.area_offsets[copy] + fmt.SLOTS_OFFSET + index * label.geometry.slot_size
+    raw = dev.pread(fmt.SLOT_HEADER_SIZE, off)
+    try:
+        hdr = fmt.unpack_slot_header(raw, dev.name, off)
+    except MediaError:
+        return  # empty or damaged: no longer a generation of anything
+    if hdr.generation == gen:
+        dev.pwrite(bytes(fmt.SLOT_HEADER_SIZE), off)
+
+
+def _erase_record_of(dev: BlockDevice, label: fmt.Label, copy: int, gen: int) -> None:
+    off = (label.geometry.area_offsets[copy] + fmt.COMMIT_RING_OFFSET
+           + gen % fmt.COMMIT_RECORDS * fmt.SECTOR)
+    try:
+        rec = fmt.unpack_commit(dev.pread(fmt.SECTOR, off), dev.name, off)
+    except MediaError:
+        return
+    if rec.generation == gen:
+        dev.pwrite(bytes(fmt.SECTOR), off)
 
 
 def _candidates(scans: list[DeviceScan]) -> dict[tuple[int, bytes], list[DeviceScan]]:
@@ -307,24 +377,28 @@ def _candidates(scans: list[DeviceScan]) -> dict[tuple[int, bytes], list[DeviceS
     return candidates
 
 
-def choose_generation(scans: list[DeviceScan]) -> Choice:
+def choose_generation(scans: list[DeviceScan], among: list[DeviceScan] | None = None
+                      ) -> Choice:
     """Pick the generation the pool opens at (see module docstring).
 
-    *scans* are the present devices of one pool (same pool uuid).  Raises
-    NoValidGenerationError when no generation qualifies.
+    *scans*: the present devices of one pool.  Only generations that
+    *among* (some of *scans*; default all) hold are candidates, the rest is
+    judged over all.  Raises NoValidGenerationError if none qualifies.
     """
     newer = [e for s in scans for e in s.unsupported]
     if newer:
         raise UnsupportedFeatureError(newer[0].device, newer[0].offset,
                                       newer[0].what + "; refusing to open the pool")
     candidates = _candidates(scans)
-    if not candidates:
+    eligible = candidates if among is None else _candidates(among)
+    if not eligible:
         raise NoValidGenerationError(
             "no valid configuration generation on " + ", ".join(s.name for s in scans)
         )
     max_seen = max(g for g, _ in candidates)
     rolled_back: list[int] = []
-    for (gen, digest), holders in sorted(candidates.items(), key=lambda kv: kv[0], reverse=True):
+    for gen, digest in sorted(eligible, reverse=True):
+        holders = candidates[(gen, digest)]
         committed = any(
             (rec := s.commits.get(gen)) is not None and rec.digest == digest for s in scans
         )

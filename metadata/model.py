@@ -43,7 +43,7 @@ CONFIG_VERSION = 1
 
 #: Incompatible features this reader understands (see man/vvfs.5).
 #: ``block-checksums``: devices carry a block-checksum region (``Device.csum_extents``)
-#: that every write of a mirrored volume must keep up to date (vvfs/checksums.py).
+#: that every write of a mirrored volume must keep up to date (metadata/checksums.py).
 #: ``dirty-log``: devices carry a write-intent bitmap (``Device.log_extents``) that
 #: every mirrored write must set first (metadata/dirtylog.py).
 KNOWN_FEATURES: frozenset[str] = frozenset({"block-checksums", "dirty-log"})
@@ -124,7 +124,7 @@ class Device:
     paths: list[str] = field(default_factory=list)
     added: float = field(default_factory=time.time)
     #: extents right after the ``extent_count`` data extents that hold the
-    #: block-checksum region (vvfs/checksums.py, man/vvfs.5); 0 = none
+    #: block-checksum region (metadata/checksums.py, man/vvfs.5); 0 = none
     csum_extents: int = 0
     #: extents after those (and after ``csum_extents``) holding the device's
     #: dirty log, and bytes of data per log bit (metadata/dirtylog.py); 0 = none

@@ -1,9 +1,11 @@
 """`mount.vvfs`: the mount(8) helper, so that `mount -t fuse.vvfs` and fstab work.
 
 mount(8) runs, for a file system of type ``fuse.vvfs``, the first of
-``/sbin/mount.fuse.vvfs`` and ``/sbin/mount.fuse`` that exists.  Install
-this program as ``/sbin/mount.fuse.vvfs`` (a symlink to ``mount.vvfs``); it
-is called as::
+``/sbin/mount.fuse.vvfs`` and ``/sbin/mount.fuse`` that exists; mount.fuse3
+then runs the program ``vvfs`` from its default PATH.  setup.cfg installs
+this program under all three names (``mount.vvfs``, ``mount.fuse.vvfs``,
+``vvfs``), and ``make mount-helper`` links ``/sbin/mount.fuse.vvfs`` to the
+venv's (see man/mount.vvfs.8, INSTALLATION).  It is called as::
 
     mount.fuse.vvfs POOL[,POOL...] MNT [-sfnv] [-N NS] [-t fuse.vvfs] [-o OPTIONS]
 

@@ -81,13 +81,33 @@ def pool_create(mgr, name: str, devices: tuple[str, ...], extent_size: int, meta
 @json_option
 @pass_manager
 def pool_list(mgr, as_json: bool) -> None:
-    """List the pools imported on this host."""
+    """List the pools imported on this host.
+
+    With none imported, says which pools the search paths hold: those stamped
+    with this host's id come back with 'vv catalog rebuild', others with 'vv
+    pool import'.
+    """
     rows = mgr.list_pools()
+    if not rows:
+        _hint_when_empty(mgr)
     if as_json:
         return print_json(rows)
     table(None, ["POOL", "UUID", "GEN", "DEVICES", "VOLUMES", "SIZE", "FREE"],
           [[r["name"], r["uuid"], r["generation"], r["devices"], r["volumes"],
             human_size(r["size"]), human_size(r["free"])] for r in rows])
+
+
+def _hint_when_empty(mgr: Any) -> None:
+    """On stderr: the pools on the search paths that an empty catalog does not list."""
+    reports, _dups = mgr.scan()
+    ours = sorted({r.name for r in reports if r.active_host == mgr.host_id})
+    others = sorted({r.name for r in reports if r.active_host is None and r.name != "?"})
+    if ours:
+        click.echo(f"vv: no pools imported, but the search paths hold {', '.join(ours)} of this"
+                   " host: run 'vv catalog rebuild' to list them again", err=True)
+    if others:
+        click.echo(f"vv: the search paths also hold exported pools {', '.join(others)}: 'vv pool import NAME'"
+                   " takes one on this host", err=True)
 
 
 @pool.command("show")
@@ -191,7 +211,9 @@ def device() -> None:
 @click.option("--protection", type=int, default=0, show_default=True,
               help="Failures the device survives on its own.")
 @click.option("--cost", type=float, default=0.0, show_default=True, help="Cost per GiB.")
-@click.option("--force", is_flag=True, help="Claim a device with a foreign signature.")
+@click.option("--force", is_flag=True,
+              help="Claim a device with a foreign signature (erases it). Never overrides"
+                   " a device that is mounted or in use.")
 @pass_manager
 def device_add(mgr, pool_name: str, path: str, tier: int, protection: int, cost: float,
                force: bool) -> None:

@@ -1,6 +1,6 @@
 """`vv events`, `vv device online|resync|replace|fail|paths`, `vv volume set`.
 
-Failures, resyncs and replacements of mirrored devices (vvfs/resync.py).
+Failures, resyncs and replacements of mirrored devices (vvfs/control/mirrors.py, vvfs/node/mirrors.py).
 With a running node the work runs there: these commands start it and, with
 ``--wait``, follow it by polling the node (a rich progress bar on a
 terminal, a line every few seconds otherwise).  Without a node they do the
@@ -226,13 +226,17 @@ def _finish(mgr: Any, pool_name: str, out: dict[str, Any], since: float, wait: b
 @click.argument("pool_name", metavar="POOL")
 @click.argument("key", metavar="DEV")
 @click.option("--reason", default="", help="Why (recorded in the event).")
+@click.option("--yes", is_flag=True,
+              help="Fail it even if it holds the only copy of some volume.")
 @pass_manager
-def device_fail(mgr: Any, pool_name: str, key: str, reason: str) -> None:
+def device_fail(mgr: Any, pool_name: str, key: str, reason: str, yes: bool) -> None:
     """Take DEV out of service now, as if it had failed (mirrors go on degraded).
 
-    Bring it back with 'vv device online'.
+    Refused when DEV holds the only copy of a volume (linear, striped, or a
+    mirror whose other legs failed): its data would be unreadable; --yes
+    does it anyway.  Bring it back with 'vv device online'.
     """
-    out = mgr.fail_device(pool_name, key, reason=reason or "by the administrator")
+    out = mgr.fail_device(pool_name, key, reason=reason or "by the administrator", yes=yes)
     click.echo(f"device {out['device']} is {out['state']}")
 
 

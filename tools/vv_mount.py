@@ -116,11 +116,10 @@ def _is_number(text: str) -> bool:
 
 
 def _state_path(state_dir: str | None) -> str:
-    from vvfs.state import resolve_state_dir
+    """The state directory, created and its vvfs.yaml checked before anything starts."""
+    from vvfs.state import StateDir
 
-    path = resolve_state_dir(state_dir)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return StateDir(state_dir).path
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +155,10 @@ def _daemonize(mountpoint: str, pools: list[str], opts: MountOptions, log_path: 
     """Fork a daemon; return once it reports the mount live, else raise its error."""
     sys.stdout.flush()
     sys.stderr.flush()
+    try:  # opened here, so that an unwritable state directory is one line from vv mount
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise QuietError(f"cannot write the node's log {log_path}: {exc.strerror}") from None
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -163,12 +166,13 @@ def _daemonize(mountpoint: str, pools: list[str], opts: MountOptions, log_path: 
         code = EXIT_FAILED
         try:
             os.setsid()
-            _detach_stdio(log_path)
+            _detach_stdio(log_fd)
             _log_to(sys.stderr, opts.debug)
             code = _run_node(mountpoint, pools, opts, ready_fd=w)
         finally:
             os._exit(code)
     os.close(w)
+    os.close(log_fd)
     with os.fdopen(r, "rb") as f:
         report = f.read().decode(errors="replace").strip()
     if report == "ok":
@@ -176,16 +180,16 @@ def _daemonize(mountpoint: str, pools: list[str], opts: MountOptions, log_path: 
     if not report:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        report = f"the node exited while starting; see {log_path}"
-    raise QuietError(report)
+        raise QuietError(f"the node exited while starting; see {log_path}")
+    status, _, message = report.partition(" ")
+    raise QuietError(message, int(status) if status.isdigit() else EXIT_FAILED)
 
 
-def _detach_stdio(log_path: str) -> None:
+def _detach_stdio(out: int) -> None:
     os.chdir("/")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
@@ -207,10 +211,12 @@ def _run_node(mountpoint: str, pools: list[str], opts: MountOptions, ready_fd: i
 
     live = False
 
-    def report(msg: str) -> None:
+    def report(msg: str, code: int = EXIT_FAILED) -> None:
+        """Tell the parent: "ok", or the exit status and the one-line error."""
         nonlocal ready_fd
         if ready_fd is not None:
-            os.write(ready_fd, (msg + "\n").encode())
+            line = msg if msg == "ok" else f"{code} {msg}"
+            os.write(ready_fd, (line + "\n").encode())
             os.close(ready_fd)
             ready_fd = None
 
@@ -229,10 +235,10 @@ def _run_node(mountpoint: str, pools: list[str], opts: MountOptions, ready_fd: i
             trio.run(main)
     except VVError as exc:
         if not live and ready_fd is None:
-            raise QuietError(str(exc)) from None
+            raise QuietError(str(exc), exc.exit_code) from None
         log.error("%s", exc)
-        report(str(exc))
-        return EXIT_FAILED
+        report(str(exc), exc.exit_code)
+        return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - one line to the parent, the trace to the log
         log.error("node failed: %s\n%s", exc, traceback.format_exc())
         report(f"node failed: {exc!r}")

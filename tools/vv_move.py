@@ -1,6 +1,6 @@
 """`vv volume move`, `vv device evacuate`, `vv volume scrub`: moving and checking data online.
 
-The work runs in the node (vvfs/move.py, vvfs/scrub.py); these commands
+The work runs in the node (vvfs/node/jobs.py, vvfs/node/scrub.py); these commands
 start it and, with ``--wait`` (always for scrub), follow it by polling the
 node: a progress bar on a terminal, a line every few seconds otherwise.
 """

@@ -46,13 +46,14 @@ from metadata.model import UnsupportedConfigError
 
 __all__ = [
     "EXIT_FAILED", "EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE",
-    "AdminError", "ApiError", "BadMagicError", "CatalogError", "ChecksumError", "CodecError",
-    "CommitError", "ConfigError", "DeviceIOError", "DivergedError", "FsckError", "JobError",
+    "AdminError", "ApiError", "BadMagicError", "BlockChecksumError", "CatalogError",
+    "ChecksumError", "CodecError", "CommitError", "ConfigError", "DeviceIOError",
+    "DivergedError", "FsckError", "JobError",
     "LockedError", "MediaError", "MissingError", "MoveError", "NoSpaceError",
     "NoValidGenerationError", "NodeConnectionError", "NodeError", "NotFoundError",
     "PlacementError", "ProbeError", "RefusedError", "RemoteError", "ResolveError",
-    "ResyncError", "SizeError", "StateError", "UnsupportedConfigError",
-    "UnsupportedFeatureError", "VVError",
+    "ResyncError", "SizeError", "StaleDeviceError", "StateError", "UnsupportedConfigError",
+    "UnsupportedFeatureError", "VVError", "WrongDeviceError",
 ]
 
 
@@ -109,8 +110,46 @@ class ProbeError(VVError):
     """A device cannot be probed: it is missing, of the wrong type, or a tool failed."""
 
 
+class WrongDeviceError(DeviceIOError):
+    """A path does not lead to the device expected: no label, or another device's or pool's.
+
+    A :class:`DeviceIOError` with ENXIO, so that the data path treats it as a
+    path that leads nowhere: it is never read or written, another path is
+    tried, and a device with no path left fails as vanished.
+    """
+
+    def __init__(self, path: str, what: str, err: int = errno.ENXIO) -> None:
+        super().__init__(path, 0, what, err)
+
+
+class StaleDeviceError(WrongDeviceError):
+    """The device's newest generation is older than the one it must hold (a rolled-back copy).
+
+    EIO, not ENXIO: the device is there, but it missed writes that no dirty
+    log can name; it comes back only rebuilt whole.
+    """
+
+    def __init__(self, path: str, newest: int | None, wanted: int) -> None:
+        self.newest = newest
+        self.wanted = wanted
+        held = f"generation {newest}" if newest is not None else "no generation"
+        super().__init__(path, f"stale: its newest configuration is {held}, older than the"
+                               f" pool's {wanted} (a rolled-back copy?)", errno.EIO)
+
+
 class NoSpaceError(VVError):
     """A write starts at or beyond the end of the volume."""
+
+
+class BlockChecksumError(DeviceIOError):
+    """No copy of a mirrored volume's block matches its stored crc32c: the read fails (EIO).
+
+    Names the device and byte of the copy that was read first; it fails no
+    device (vvfs.data.mirror.core.is_failure): the devices answered.
+    """
+
+    def __init__(self, device: str, offset: int, what: str) -> None:
+        super().__init__(device, offset, what, errno.EIO)
 
 
 # ---------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def group_devices(devs: list[BlockDevice], remembered: dict[str, str]
                           ).members.append(member)
     for g in groups.values():
         _dedupe(g, remembered)
-        _choose(g)
+        _choose(g, remembered)
     return groups, strays
 
 
@@ -280,7 +280,7 @@ def _dedupe(g: PoolGroup, remembered: dict[str, str]) -> None:
     g.members = [m for m in g.members if m in keep]
 
 
-def _choose(g: PoolGroup) -> None:
+def _choose(g: PoolGroup, remembered: dict[str, str]) -> None:
     scans = [m.scan for m in g.members]
     g.unsupported = [e for s in scans for e in s.unsupported]
     try:
@@ -293,3 +293,24 @@ def _choose(g: PoolGroup) -> None:
         g.choice_error = str(exc)
         if not g.unsupported:
             g.unsupported = [exc]
+    if g.choice is not None:
+        g.choice = _as_this_host_opens(g, remembered, g.choice)
+
+
+def _as_this_host_opens(g: PoolGroup, remembered: dict[str, str], choice: media.Choice
+                        ) -> media.Choice:
+    """*choice*, or the generation this host opens *g* at when that disowns its devices.
+
+    The host opens a pool from the paths its catalog remembers.  When the highest generation has failed a
+    device this host goes on with, the pool was used in two parts: the half
+    this host kept is the one its remembered devices hold, and the others
+    were written apart from it (:func:`media.diverged`).
+    """
+    mine = [m.scan for m in g.members if remembered.get(m.uuid) == m.name]
+    failed = {d.uuid for d in choice.pool.devices if d.state == "failed"}
+    if not mine or not any(s.device_uuid in failed for s in mine):
+        return choice
+    try:
+        return media.choose_generation(choice.scans, among=mine)
+    except (NoValidGenerationError, UnsupportedFeatureError):
+        return choice

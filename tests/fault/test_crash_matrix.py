@@ -84,7 +84,7 @@ def test_crash_at_every_write_of_a_commit(root, op):
     assert sorted(keys) == sorted(os.path.realpath(p) for p in env.paths)
     writes = rec.recorder.writes()
     # per device: 2 slot copies, 2 commit records; a new mirror's extents and their
-    # checksum entries are zeroed before (vvfs/zeroing.py): crash points too
+    # checksum entries are zeroed before (vvfs/control/zeroing.py): crash points too
     commit = [(k, w) for k, w in writes if _in_regions(base, k, w.offset)]
     assert len(commit) == 4 * len(env.paths)
     assert len(writes) - len(commit) == (4 if op == "create mirrored volume" else 0)

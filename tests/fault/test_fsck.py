@@ -24,7 +24,6 @@ from ..support.fsck_support import (
     catalog_pool,
     commit_raw,
     copy_sparse,
-    flip,
     label_of,
     make_env,
     media_choice,
@@ -32,7 +31,7 @@ from ..support.fsck_support import (
     sparse,
     zero,
 )
-from ..support.util import CrashAfterWrites
+from ..support.util import CrashAfterWrites, flip
 
 
 def test_clean_pool_is_clean(env):
@@ -315,7 +314,7 @@ def test_check_interrupted_operations(env):
     assert after.volumes == pool.volumes
 
 
-# A resync record (vvfs/resync.py): a device brought back stays failed until a node resynced
+# A resync record (mapper/mirrors.py): a device brought back stays failed until a node resynced
 # it.  Pending, it is reported and kept; stale or naming no device of the pool, it is dropped.
 
 

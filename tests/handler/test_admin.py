@@ -54,6 +54,9 @@ class StandInNode:
     def open_volumes(self, uuid: str) -> set[str]:
         return set(self.opened.get(uuid, {}))
 
+    def mounted_at(self, uuid: str) -> str | None:
+        return None  # a stand-in serves the admin API, not a mount
+
     def changed(self, uuid: str, pool: Pool | None) -> None:
         if pool is None:
             self.pools.pop(uuid, None)

@@ -25,9 +25,11 @@ import trio
 
 from mapper import VolumeSpec, create_volume
 from mapper.layout import Loc, VolumeMap
+from metadata import checksums as csum
 from metadata import dirtylog
 from metadata.blockdev import DeviceIOError
 from metadata.model import Device, DeviceUUID, Pool, PoolUUID, new_uuid
+from vvfs.data import checksums
 from vvfs.data.checksums import ChecksumStore
 from vvfs.data.guard import PoolGuard
 from vvfs.data.mirror import PoolMirror
@@ -44,10 +46,12 @@ KiB4 = 4096
 A, B = b"A" * KiB4, b"B" * KiB4
 
 
-def _device(name: str) -> Device:
+def _device(name: str, checksums: bool = False) -> Device:
     d = Device(uuid=DeviceUUID(new_uuid()), name=name, size=66 * E, data_start=MiB,
                extent_count=64)
     dirtylog.carve(d, E)
+    if checksums:
+        csum.carve(d)
     return d
 
 
@@ -64,6 +68,8 @@ class Rig:
     #: every device, also once the mirror dropped a failed one from its table
     devs: dict[str, AsyncDevice]
     events: list[tuple[str, ...]] = field(default_factory=list)
+    #: the write guard and checksum store (``make_rig(checksums=True)``), else None
+    guard: PoolGuard | None = None
 
     def leg(self, m: int, offset: int = 0) -> Loc:
         """Where volume byte *offset* lies on leg *m*."""
@@ -106,13 +112,17 @@ class Rig:
 
 
 async def make_rig(policy: str = "balanced",
-                   spawn: Callable[..., None] | None = None) -> Rig:
+                   spawn: Callable[..., None] | None = None, *,
+                   checksums: bool = False) -> Rig:
     """Two devices, a 16 MiB two-way mirror on them with read policy *policy*, logs loaded.
 
-    *spawn* is the mirror's (None: nothing runs in the background).
+    *spawn* is the mirror's (None: nothing runs in the background).  With
+    *checksums* the devices have checksum regions and the volume has the
+    node's write guard and checksum store, its entries set to those of
+    zero blocks as for a new volume (``Rig.guard``).
     """
     pool = Pool(uuid=PoolUUID(POOL), name="tank", extent_size=E,
-                devices=[_device("d0"), _device("d1")])
+                devices=[_device("d0", checksums), _device("d1", checksums)])
     pool = create_volume(pool, VolumeSpec(name="m", size=SIZE, mirrors=2))
     volume = pool.volume("m")
     volume.read_policy = policy
@@ -134,7 +144,14 @@ async def make_rig(policy: str = "balanced",
     await pm.attach_devices()
     vio = VolumeIO(PoolUUID(POOL), volume, VolumeMap(pool, volume), table)
     vio.mirror = pm
-    return Rig(pool, pm, vio, recorder, mems, faults, devs, events)
+    r = Rig(pool, pm, vio, recorder, mems, faults, devs, events)
+    if checksums:
+        r.guard = vio.guard = pm.guard = PoolGuard(ChecksumStore(pool, table))
+        pm.checksums = r.guard.store
+        for p in vio.vmap.resolve(0, SIZE):  # a new volume's entries (vvfs.control.zeroing)
+            for loc in p.legs:
+                await r.guard.store.fill(loc.device, loc.offset, p.length // KiB4, csum.ZERO_CRC)
+    return r
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +165,56 @@ def test_a_mirrored_write_reaches_every_leg() -> None:
         assert await r.vio.write(MiB + KiB4, data) == len(data)
         assert r.on_leg(0, MiB + KiB4, len(data)) == data
         assert r.on_leg(1, MiB + KiB4, len(data)) == data
+
+    trio.run(main)
+
+
+def test_overlapping_writes_land_on_every_leg_and_entry_in_one_order() -> None:
+    # Two writes of one block in flight at once: the first one's write to
+    # leg 1 is slow.  Each leg, and each leg's checksum entry, must end with
+    # the same one of them (the later), never leg 0 with one and leg 1 with
+    # the other, or an entry of the other's bytes.
+    async def main() -> None:
+        r = await make_rig(checksums=True)
+        at = MiB
+        loc = r.leg(1, at)
+        r.faults[loc.device].delay(0.3, ops=("write",), start=loc.offset,
+                                   end=loc.offset + KiB4, times=1)
+        first, second = os.urandom(KiB4), os.urandom(KiB4)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.vio.write, at, first)
+            await trio.sleep(0.05)  # the first is in flight, its leg 1 write asleep
+            nursery.start_soon(r.vio.write, at, second)
+        assert r.on_leg(0, at, KiB4) == r.on_leg(1, at, KiB4) == second
+        for m in (0, 1):
+            leg = r.leg(m, at)
+            assert await r.guard.store.read_media(leg.device, leg.offset, 1) == \
+                [checksums.crc(second)], f"leg {m}'s entry"
+
+    trio.run(main)
+
+
+def test_a_writes_checksum_entries_wait_with_its_data_for_a_resync_holding_the_region() -> None:
+    # A resync holds the region (the gate), copies it and refreshes the
+    # entries from the bytes it read.  A write waiting for it must not have
+    # stored its entries already, or the resync's refresh would overwrite
+    # them and the write's bytes would land under the old bytes' entries.
+    async def main() -> None:
+        r = await make_rig(checksums=True)
+        assert r.guard is not None
+        at, old, new = MiB, os.urandom(KiB4), os.urandom(KiB4)
+        await r.vio.write(at, old)
+        legs = [r.leg(m, at) for m in (0, 1)]
+        keys = {(loc.device, r.pm.geos[loc.device].region_of(loc.offset)) for loc in legs}
+        async with trio.open_nursery() as nursery, r.pm.gate.holding(keys):
+            nursery.start_soon(r.vio.write, at, new)
+            await trio.sleep(0.1)  # the write waits at the gate
+            await r.guard.store.update([(loc.device, loc.offset, checksums.pack(
+                [checksums.crc(old)])) for loc in legs])  # the resync's refresh
+        for m, loc in enumerate(legs):
+            assert r.on_leg(m, at, KiB4) == new
+            assert await r.guard.store.read_media(loc.device, loc.offset, 1) == \
+                [checksums.crc(new)], f"leg {m}'s entry"
 
     trio.run(main)
 

@@ -1,8 +1,8 @@
 """Smoke test of the benchmark's parsing, ratio and report code on real fio runs.
 
 A few sub-second fio jobs against a plain file stand in for every target
-(the same file under the names ``raw``, ``qsd`` and ``vvfs-linear``); no
-mount, no peer, no full benchmark.
+(the same file under the names ``raw``, ``qsd``, ``vvfs-linear`` and the two
+mirrors); no mount, no peer, no full benchmark.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bench.workloads import FIO_WORKLOADS, MiB, Result, check_data, fill_file, r
 pytestmark = pytest.mark.slow  # real fio runs
 
 SIZE = 8 * MiB
-NAMES = ("raw", "qsd", "vvfs-linear")
+NAMES = ("raw", "qsd", "vvfs-linear", "vvfs-mirror", "vvfs-mirror-nv")
 WORKLOADS = [wl for wl in FIO_WORKLOADS if wl.name in ("seq-write", "rand-read-qd1")]
 
 
@@ -84,6 +84,15 @@ def test_json_round_trips_with_ratios(doc: dict, tmp_path) -> None:
     assert row["ratio"]["raw"]["throughput"] > 0
     assert any(g["goal"] == "linear >= qsd" and g["status"] in ("PASS", "MISS")
                for g in back["goals"])
+
+
+def test_the_cost_of_read_verification_is_a_ratio_per_workload(doc: dict) -> None:
+    rows = {r["workload"]: r for r in doc["verification"]}
+    assert set(rows) == {wl.name for wl in WORKLOADS}
+    assert rows["rand-read-qd1"]["throughput"] > 0
+    md = report.markdown(doc)
+    assert "## Read verification: vvfs-mirror ÷ vvfs-mirror-nv" in md
+    assert "| rand-read-qd1 | " in md.split("## Read verification")[1]
 
 
 def test_a_failed_run_is_a_row_with_an_error(doc: dict) -> None:

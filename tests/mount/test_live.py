@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from ..support.mountutil import MiB, MountedNode, TestPool, is_mounted, mounted, require, wait_until
+from ..support.mountutil import (
+    MiB,
+    MountedNode,
+    TestPool,
+    is_mounted,
+    loop_device,
+    mounted,
+    require,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +122,18 @@ def test_open_volume_is_not_removed(live):
         assert vol(live, "busy").exists()
     finally:
         os.close(fd)
+
+
+def test_loop_attached_volume_is_not_renamed(live):
+    # A loop device holds the volume file open: renaming it would leave the
+    # loop on a file that no longer exists under any name.
+    live.pool.vv("volume", "create", "tank/attached", "--size", "8M")
+    with loop_device(str(vol(live, "attached"))):
+        r = live.pool.vv("volume", "rename", "tank/attached", "moved", check=False)
+        assert r.returncode == 1
+        assert r.stderr == ("vv: volume tank/attached is open; close it before it can be"
+                            " renamed\n")
+        assert vol(live, "attached").exists() and not vol(live, "moved").exists()
 
 
 def test_closed_volume_is_removed(live):

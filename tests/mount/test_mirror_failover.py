@@ -533,12 +533,15 @@ def test_a_device_failed_by_hand_waits_for_online_across_restarts(tmp_path: Path
         node.umount()
 
 
-def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -> None:
-    """A split brain: each device used alone, then both again."""
+def _split_brain(tmp_path: Path) -> tuple[TestPool, dict[str, bytes]]:
+    """A pool of d0, d1 (mirrored volume m) used in two parts: each device alone, then both.
+
+    This host goes on with d0 alone; another host imports d1 alone and does
+    the same.  Returns the pool and the MiB each part wrote at offset 0.
+    """
     pool = TestPool(tmp_path, devices=2)
     pool.create_volume("m", 16 * MiB, mirrors=2)
     written = {"d0": os.urandom(MiB), "d1": os.urandom(MiB)}
-    # this host goes on with d0 alone; another host imports d1 alone and does the same
     elsewhere = copy.copy(pool)
     elsewhere.state, elsewhere.mnt = str(tmp_path / "state2"), tmp_path / "mnt2"
     elsewhere.mnt.mkdir()
@@ -552,13 +555,32 @@ def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -
                            f"{gone} failed while {alone} is used alone")
                 _write(host.volume_path("m"), 0, written[alone])
                 node.umount()
+    return pool, written
+
+
+def _halves(pool: TestPool) -> tuple[str, str]:
+    """(kept, apart): the device the pool goes on with, and the one it failed."""
+    states = {d: _failure(pool, d) for d in ("d0", "d1")}
+    [kept] = [d for d, s in states.items() if s == ("ok", "")]
+    [apart] = [d for d, s in states.items() if s[0] == "failed"]
+    return kept, apart
+
+
+def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -> None:
+    """A split brain: each device used alone, then both again."""
+    pool, written = _split_brain(tmp_path)
     check = run(VVFSCK, "--state-dir", pool.state, "--pool", "tank", check=False)
     assert check.returncode == fsck.EXIT_LEFT, check.stdout + check.stderr
     assert "was written apart from the pool" in check.stdout, check.stdout
+    # the newest configuration (d1's) says the other host took the pool: this
+    # host may not serve it until it takes it back
+    refused = pool.vv("mount", "tank", str(pool.mnt), check=False)
+    assert refused.returncode != 0 and "is active on host" in refused.stderr, refused
+    again = pool.vv("pool", "import", "tank", "--search", str(tmp_path), check=False)
+    assert again.returncode == 1 and "took it; import it with --force" in again.stderr, again
+    pool.vv("pool", "import", "tank", "--search", str(tmp_path), "--force")
     with mounted(pool, *PROBING) as node:
-        states = {d: _failure(pool, d) for d in ("d0", "d1")}
-        [kept] = [d for d, s in states.items() if s == ("ok", "")]
-        [apart] = [d for d, s in states.items() if s[0] == "failed"]
+        kept, apart = _halves(pool)
         wait_until(lambda: ("device-diverged", apart) in _kinds(pool), 20,
                    f"a device-diverged event for {apart}")
         time.sleep(1.5)  # three more probe intervals: it stays out
@@ -574,6 +596,37 @@ def test_a_device_written_apart_is_never_brought_back_as_it_is(tmp_path: Path) -
         assert read_dev(pool.volume_path("m"), 0, MiB) == written[kept]
         node.umount()
     assert_legs_identical(pool, tmp_path)
+
+
+def test_vvfsck_advises_discarding_only_the_half_the_pool_did_not_keep(tmp_path: Path
+                                                                         ) -> None:
+    pool, _ = _split_brain(tmp_path)
+    with pool.manager() as mgr:
+        d = {x.name: x.state for x in mgr.show_pool("tank").pool.devices}
+    [kept] = [n for n, st in d.items() if st == "ok"]
+    [apart] = [n for n, st in d.items() if st == "failed"]
+    check = run(VVFSCK, "--state-dir", pool.state, "--pool", "tank", check=False)
+    assert check.returncode == fsck.EXIT_LEFT, check.stdout + check.stderr
+    advice = [ln for ln in check.stdout.splitlines() if "--discard-divergent" in ln]
+    assert advice and all(f"tank {apart} --discard-divergent" in ln for ln in advice), \
+        check.stdout
+    assert f"device {kept} was written apart" not in check.stdout, check.stdout
+
+
+def test_the_split_brain_remedy_leaves_a_pool_vvfsck_finds_clean(tmp_path: Path) -> None:
+    pool, _ = _split_brain(tmp_path)
+    # the newest half is the other host's: take the pool back to serve it here
+    pool.vv("pool", "import", "tank", "--search", str(tmp_path), "--force")
+    with mounted(pool, *PROBING) as node:
+        _, apart = _halves(pool)
+        pool.vv("device", "online", "tank", apart, "--discard-divergent", "--wait",
+                timeout=120)
+        assert _failure(pool, apart) == ("ok", "")
+        node.umount()
+    check = run(VVFSCK, "--state-dir", pool.state, "--pool", "tank", "--deep", check=False)
+    assert check.returncode == fsck.EXIT_CLEAN, check.stdout + check.stderr
+    assert "split-brain" not in check.stdout and "written apart" not in check.stdout, \
+        check.stdout
 
 
 def test_a_split_brain_is_seen_after_the_rings_wrapped(tmp_path: Path) -> None:

@@ -7,13 +7,11 @@ the block layer.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import mmap
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ import pytest
 from mapper.layout import VolumeMap
 
 from ..support.mountutil import (
-    MOUNT_VVFS,
     MiB,
     MountedNode,
     TestPool,
@@ -31,7 +28,6 @@ from ..support.mountutil import (
     loop_device,
     mounted,
     require,
-    run,
     wait_until,
 )
 
@@ -215,69 +211,7 @@ def test_fsync_flushes_every_backing_device_of_a_mirror(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
-# mounting and unmounting: vv mount / vv umount, mount(8) and fstab
-
-HELPER = "/sbin/mount.fuse.vvfs"
-
-
-@contextlib.contextmanager
-def mount_helper_installed() -> Iterator[None]:
-    """/sbin/mount.fuse.vvfs -> our mount.vvfs, for this test only."""
-    if os.path.lexists(HELPER):
-        if os.path.realpath(HELPER) != os.path.realpath(MOUNT_VVFS):
-            pytest.fail(f"{HELPER} exists and is not ours; not touching it")
-        yield
-        return
-    os.symlink(MOUNT_VVFS, HELPER)
-    try:
-        yield
-    finally:
-        os.unlink(HELPER)
-
-
-def _adopt(pool: TestPool) -> MountedNode:
-    """A MountedNode for a node that something else started on pool.mnt."""
-    node = MountedNode(pool)
-    wait_until(lambda: os.path.exists(os.path.join(pool.state, "node.pid")), 10, "node.pid")
-    with open(os.path.join(pool.state, "node.pid")) as f:
-        node.pid = int(f.readline())
-    return node
-
-
-def test_mount_t_fuse_vvfs_runs_the_helper(fresh_pool: TestPool) -> None:
-    require("mount", "umount")
-    fresh_pool.create_volume("v", 8 * MiB)
-    mnt = str(fresh_pool.mnt)
-    node = MountedNode(fresh_pool)
-    try:
-        with mount_helper_installed():
-            run("mount", "-t", "fuse.vvfs", "-o", f"state_dir={fresh_pool.state},_netdev",
-                fresh_pool.name, mnt)
-            node = _adopt(fresh_pool)
-            assert os.listdir(os.path.join(mnt, fresh_pool.name)) == ["v"]
-            run("umount", mnt)
-            wait_until(lambda: not alive(node.pid), 30, "the node to exit")  # type: ignore[arg-type]
-    finally:
-        node.cleanup()
-
-
-def test_an_fstab_line_mounts_the_pool(fresh_pool: TestPool, tmp_path: Path) -> None:
-    require("mount", "umount")
-    fresh_pool.create_volume("v", 8 * MiB)
-    mnt = str(fresh_pool.mnt)
-    fstab = tmp_path / "fstab"
-    fstab.write_text(f"{fresh_pool.name} {mnt} fuse.vvfs "
-                     f"defaults,noauto,_netdev,state_dir={fresh_pool.state} 0 0\n")
-    node = MountedNode(fresh_pool)
-    try:
-        with mount_helper_installed():
-            run("mount", "--fstab", str(fstab), mnt)
-            node = _adopt(fresh_pool)
-            assert is_mounted(mnt)
-            node.umount()
-    finally:
-        node.cleanup()
-
+# mounting and unmounting: vv mount / vv umount (mount(8) and fstab: test_mount_helper.py)
 
 def test_vv_mount_of_an_unknown_pool_fails_with_one_line(fresh_pool: TestPool) -> None:
     res = fresh_pool.vv("mount", "nosuch", str(fresh_pool.mnt), check=False)

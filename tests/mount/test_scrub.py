@@ -15,6 +15,7 @@ from vvfs.data import checksums
 from vvfs.data.checksums import judge
 
 from ..support.mountutil import MiB, TestPool, fio, mounted, require
+from ..support.util import flip
 
 VOLUME = 32 * MiB
 
@@ -75,16 +76,6 @@ def _legs(pool: TestPool, name: str) -> tuple[VolumeMap, dict[str, str], dict[st
     return VolumeMap(shown.pool, shown.pool.volume(name)), shown.paths, names
 
 
-def _flip_bit(path: str, offset: int) -> None:
-    """Flip one bit of the backing file at *offset*, written straight to the file."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        old = os.pread(fd, 1, offset)
-        os.pwrite(fd, bytes([old[0] ^ 0x10]), offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _legs_identical(pool: TestPool, name: str) -> bool:
     vmap, paths, _names = _legs(pool, name)
@@ -117,7 +108,7 @@ def test_scrub_finds_and_repairs_a_bit_flip(fresh_pool: TestPool) -> None:
         target = 5 * MiB + 12345
         [piece] = vmap.resolve(target, 1)
         bad = piece.legs[1]
-        _flip_bit(paths[bad.device], bad.offset)
+        flip(paths[bad.device], bad.offset, 0x10)
         block = target - target % 4096
         dev_block = bad.offset - bad.offset % 4096
 
@@ -154,7 +145,7 @@ def test_scrub_fixes_a_damaged_checksum_entry(fresh_pool: TestPool) -> None:
             shown = mgr.show_pool(pool.name).pool
         loc = vmap.resolve(0, 1)[0].legs[0]
         dev = next(d for d in shown.devices if d.uuid == loc.device)
-        _flip_bit(paths[loc.device], checksums.entry_offset(dev, shown.extent_size, loc.offset))
+        flip(paths[loc.device], checksums.entry_offset(dev, shown.extent_size, loc.offset), 0x10)
         found = pool.vv("volume", "scrub", "tank/m", "--repair")
         assert "checksum entry is wrong at volume byte 0" in found.stdout, found.stdout
         assert "0 blocks of data differ, 1 checksum entries wrong" in found.stdout

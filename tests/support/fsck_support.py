@@ -32,6 +32,8 @@ from vvfs.api import Manager
 from vvfs.io.filedev import FileDevice
 from vvfs.testing.faultdev import MemoryDevice, Recorder
 
+from .util import sparse_file
+
 SUMMARY = re.compile(r"^(pool \S+ \([0-9a-f-]+\) at |no pool: |other devices: )")
 DEV_SIZE = 64 << 20
 EXTENT = 1 << 20
@@ -69,9 +71,7 @@ def vvfsck(*args: str) -> Run:
 
 
 def sparse(path: Path | str, size: int = DEV_SIZE) -> str:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return os.fspath(path)
+    return sparse_file(path, size)
 
 
 def state_dir(path: Path, search: list[str], host_id: str = "host-1") -> str:
@@ -132,15 +132,6 @@ def media_choice(paths: list[str]) -> media.Choice:
     finally:
         for d in devs:
             d.close()
-
-
-def flip(path: str, offset: int, mask: int = 0x40) -> None:
-    """Change one byte of a file (guaranteed to differ afterwards)."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ mask]))
 
 
 def zero(path: str, offset: int, length: int) -> None:

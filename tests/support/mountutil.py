@@ -33,7 +33,8 @@ MOUNT_VVFS = str(BIN / "mount.vvfs")
 #: program -> Debian package, for the failure message
 PACKAGES = {"fio": "fio", "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
             "mkfs.xfs": "xfsprogs", "xfs_repair": "xfsprogs", "losetup": "mount",
-            "fusermount3": "fuse3", "mount": "mount", "umount": "mount"}
+            "fusermount3": "fuse3", "mount": "mount", "umount": "mount",
+            "make": "make"}
 
 
 def require(*programs: str) -> None:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: sparse files and a crashing device."""
+"""Small helpers shared by the tests: sparse files, a flipped bit, a crashing device."""
 
 from __future__ import annotations
 
@@ -13,6 +13,21 @@ def sparse_file(path: Path | str, size: int) -> str:
     with open(path, "wb") as f:
         f.truncate(size)
     return os.fspath(path)
+
+
+def flip(path: str, offset: int, mask: int = 0x40) -> None:
+    """Change one byte of a file (it differs afterwards), written through to the file.
+
+    Straight to the backing file, as rot would: whoever reads it next (a
+    node with O_DIRECT, vvfsck) sees the changed byte.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([old[0] ^ mask]), offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class CrashAfterWrites:

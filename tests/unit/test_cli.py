@@ -199,6 +199,38 @@ def test_device_in_use_refused_even_with_force(tmp_path, vv):
     assert r.code == 1 and "backing file of " + loop in r.err
 
 
+def test_device_of_a_pool_active_on_another_host_refused_even_with_force(tmp_path, vv):
+    devs = devices(tmp_path, 2)
+    assert vv("pool", "create", "one", devs[0]).code == 0
+    host = vv("pool", "show", "one", "--json").json()["active_host"]
+    before = digest(devs[0])
+    r = vv("pool", "create", "two", devs[0], devs[1], "--force", state_dir=tmp_path / "h2")
+    assert r.code == 1, r.err
+    assert "a device of pool one" in r.err and f"active on host {host}" in r.err
+    assert digest(devs[0]) == before
+
+
+def test_device_of_an_exported_pool_taken_with_force(tmp_path, vv):
+    devs = devices(tmp_path, 1)
+    assert vv("pool", "create", "one", devs[0]).code == 0
+    assert vv("pool", "export", "one").code == 0
+    r = vv("pool", "create", "two", devs[0], "--force", state_dir=tmp_path / "h2")
+    assert r.code == 0, r.err
+
+
+def test_file_open_in_another_process_refused_even_with_force(tmp_path, vv):
+    devs = devices(tmp_path, 1)
+    with open(devs[0], "rb") as f:
+        proc = subprocess.Popen(["sleep", "120"], stdin=f)
+    try:
+        r = vv("pool", "create", "tank", devs[0], "--force")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.code == 1 and f"is open by pid {proc.pid} (sleep)" in r.err, r.err
+    assert vv("pool", "list", "--json").json() == []
+
+
 def test_export_copy_import_elsewhere(tmp_path, tank, vv):
     assert vv("volume", "create", "tank/lin", "--size", "100M").code == 0
     assert vv("volume", "create", "tank/mir", "--size", "64M", "--mirrors", "2").code == 0
@@ -451,3 +483,65 @@ def test_device_with_a_newer_label_feature_is_named_not_ignored(tmp_path, tank, 
     assert any("thin-volumes" in " ".join(p["problems"]) for p in pools)
     r = vv("volume", "create", "tank/a", "--size", "4M")
     assert r.code == 1 and "thin-volumes" in r.err
+
+
+# ---------------------------------------------------------------------------
+# messages that say what is wrong (issue 11, item 18)
+
+
+def test_a_rename_to_a_path_says_the_name_is_invalid(tank, vv):
+    assert vv("volume", "create", "tank/a", "--size", "4M").code == 0
+    before = generation(vv)
+    r = vv("volume", "rename", "tank/a", "../x")
+    assert r.code == 1
+    assert "invalid volume name '../x'" in r.err and "another pool" not in r.err
+    assert generation(vv) == before
+
+
+def test_a_rename_into_another_pool_names_that_pool(tank, vv):
+    assert vv("volume", "create", "tank/a", "--size", "4M").code == 0
+    r = vv("volume", "rename", "tank/a", "other/a")
+    assert r.code == 1 and "cannot be renamed into another pool (other)" in r.err
+
+
+def test_a_device_named_twice_is_named(tmp_path, vv):
+    dev = devices(tmp_path, 1)[0]
+    alias = tmp_path / "alias.img"
+    alias.symlink_to(dev)
+    r = vv("pool", "create", "tank", dev, str(alias))
+    assert r.code == 1
+    assert f"a device is named twice: {dev} and {alias} (both {dev})" in r.err
+    r = vv("pool", "create", "tank", dev, dev)
+    assert r.code == 1 and f"a device is named twice: {dev}" in r.err
+
+
+def test_an_empty_catalog_says_what_the_search_paths_hold(tank, vv, tmp_path):
+    for name in os.listdir(tmp_path / "state"):
+        if name.startswith("catalog.sqlite"):
+            os.unlink(tmp_path / "state" / name)
+    r = vv("pool", "list")
+    assert r.code == 0
+    assert "the search paths hold tank of this host: run 'vv catalog rebuild'" in r.err
+    assert vv("catalog", "rebuild").code == 0
+    r = vv("pool", "list")
+    assert "tank" in r.out and r.err == ""
+
+
+def test_failing_the_only_copy_of_a_volume_asks_for_yes(tank, vv):
+    assert vv("volume", "create", "tank/lin", "--size", "4M", "--on", "d0").code == 0
+    before = generation(vv)
+    r = vv("device", "fail", "tank", "d0")
+    assert r.code == 1
+    assert "device d0 holds the only copy of volumes lin" in r.err and "--yes" in r.err
+    assert generation(vv) == before
+    r = vv("device", "fail", "tank", "d0", "--yes")
+    assert r.code == 0 and "failed" in r.out
+
+
+def test_failing_one_leg_of_a_mirror_needs_no_yes(tank, vv):
+    assert vv("volume", "create", "tank/m", "--size", "4M", "--mirrors", "2").code == 0
+    leg = vv("volume", "show", "tank/m", "--json").json()["segments"][0]["areas"][0][0]["device"]
+    name = next(d["name"] for d in vv("pool", "show", "tank", "--json").json()["devices"]
+                if d["uuid"] == leg)
+    r = vv("device", "fail", "tank", name)
+    assert r.code == 0, r.err

@@ -331,7 +331,7 @@ def test_replace_refuses_a_device_that_a_move_reads_or_writes() -> None:
         with pytest.raises(PlacementError, match="takes part in move .*abort the move first"):
             replace_device(moving, key, _device(64, "d9"))
     # the other leg is no part of the move: it can be replaced (the move then waits
-    # for the rebuild, see vvfs/move.py)
+    # for the rebuild, see vvfs/node/jobs.py)
     q = replace_device(moving, legs[1], _device(64, "d9"))
     assert q.operations == moving.operations
 

@@ -16,12 +16,12 @@ from vvfs.state import StateDir
 
 from ..support.fsck_support import (
     copy_sparse,
-    flip,
     label_of,
     media_choice,
     sparse,
     vvfsck,
 )
+from ..support.util import flip
 
 MAN = Path(__file__).resolve().parents[2] / "man" / "vvfsck.8"
 

@@ -4,10 +4,11 @@ A device is claimed by ``vv pool create``, ``vv device add`` and ``vv device
 replace``, always the same way:
 
 1. :func:`check_claimable` refuses a device that is in use (mounted, a loop
-   device's backing file, held open, a device of a pool imported here), and
-   one that carries a signature -- another pool's vvfs label or a foreign
-   one (file systems, partition tables, RAID, LVM ...) -- unless *force*.
-   ``--force`` never overrides a device in use.
+   device's backing file, locked by a vvfs node, open in any process, a
+   device of a pool imported here or of a pool its label says is active on
+   some host), and one that carries a signature -- an exported pool's vvfs
+   label or a foreign one (file systems, partition tables, RAID, LVM ...)
+   -- unless *force*.  ``--force`` never overrides a device in use.
 2. :func:`claiming` writes the labels, the empty metadata areas, the zeroed
    checksum region and a fresh dirty log, and yields the open device.  If
    the caller's commit fails (anything raised inside the ``with``), the
@@ -28,7 +29,8 @@ from metadata import checksums, dirtylog, media
 from metadata import format as fmt
 from metadata.blockdev import DeviceIOError
 from metadata.catalog import Catalog
-from metadata.model import Device, DeviceUUID, new_uuid
+from metadata.errors import VVError
+from metadata.model import Device, DeviceUUID, Pool, new_uuid
 from vvfs.errors import RefusedError
 from vvfs.io import probe
 from vvfs.io.filedev import FileDevice
@@ -63,21 +65,29 @@ class Placement:
 
 
 def check_claimable(catalog: Catalog, path: str, force: bool) -> int:
-    """Refuse a device in use, or carrying a signature unless *force*; return its size."""
+    """Refuse a device in use, or carrying a signature unless *force*; return its size.
+
+    In use, whatever *force* says: a device of a pool in this host's catalog;
+    one that :func:`vvfs.io.probe.in_use` reports (mounted, a loop device's
+    backing file, locked by a vvfs node that serves it, open in any
+    process); one whose own configuration says that its pool is active on
+    a host (this one or another: only an exported pool's device may be
+    taken with *force*).
+    """
     size = probe.device_size(path)
-    reason = probe.in_use(path)
-    if reason:
-        raise RefusedError(f"{path}: {reason}; refusing to claim it (--force does not"
-                           " override a device in use)")
-    try:
-        with FileDevice(path, readonly=True) as dev:
-            label, _errors = media.read_label(dev)
-    except DeviceIOError as exc:
-        raise RefusedError(str(exc)) from None
+    label, pool = _read_vvfs(path)
     row = catalog.find_pool(label.pool_uuid) if label is not None else None
     if row is not None:
         raise RefusedError(f"{path}: belongs to imported pool {row.name}; refusing to claim"
                            " it (--force does not override a device in use)")
+    reason = probe.in_use(path)
+    if reason:
+        raise RefusedError(f"{reason}; refusing to claim it (--force does not override a"
+                           " device in use)")
+    if pool is not None and pool.active_host is not None:
+        raise RefusedError(f"{path}: a device of pool {pool.name} ({pool.uuid}), active on"
+                           f" host {pool.active_host}; refusing to claim it (--force does not"
+                           " override a device in use: export or destroy that pool first)")
     if label is not None and not force:
         raise RefusedError(f"{path}: vvfs signature of {label.pool_uuid} at byte"
                            f" {fmt.LABEL_A_OFFSET}; use --force to claim it anyway")
@@ -90,6 +100,21 @@ def check_claimable(catalog: Catalog, path: str, force: bool) -> int:
                 + "; use --force to claim it anyway"
             )
     return size
+
+
+def _read_vvfs(path: str) -> tuple[fmt.Label | None, Pool | None]:
+    """The vvfs label on *path* and the pool configuration its own areas hold (or None)."""
+    try:
+        with FileDevice(path, readonly=True) as dev:
+            scan = media.scan_device(dev)
+            if scan.label is None:
+                return None, None
+            try:
+                return scan.label, media.choose_generation([scan]).pool
+            except VVError:  # no readable configuration: only the label speaks
+                return scan.label, None
+    except DeviceIOError as exc:
+        raise RefusedError(str(exc)) from None
 
 
 @contextlib.contextmanager

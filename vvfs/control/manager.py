@@ -204,13 +204,15 @@ class Manager:
         return mirrors.device_paths(self.session, pool_name, key, add, remove)
 
     def fail_device(self, pool_name: str, key: str, *, reason: str = "",
-                    only_if_failed: bool = False) -> dict:
+                    only_if_failed: bool = False, yes: bool = False) -> dict:
         """Take a device out of service: no more I/O to it; commit it ``failed``.
 
-        (The node commits a device that failed in its data path with
-        *only_if_failed*: nothing happens if it is back by then.)
+        Refused when it holds the only copy in service of some volume (a
+        linear or striped volume on it, a mirror whose other legs failed),
+        unless *yes*.  (The node commits a device that failed in its data
+        path with *only_if_failed*: nothing happens if it is back by then.)
         """
-        return mirrors.fail_device(self.session, pool_name, key, reason, only_if_failed)
+        return mirrors.fail_device(self.session, pool_name, key, reason, only_if_failed, yes)
 
     def online_device(self, pool_name: str, key: str, *, rate: int | None = None,
                       discard_divergent: bool = False) -> dict:

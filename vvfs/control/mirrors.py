@@ -57,16 +57,14 @@ def device_paths(s: PoolSession, pool_name: str, key: str, add: str | None,
                                    " added") from None
             paths.append(add)
         if remove is not None:
-            remove = os.path.abspath(remove)
-            if remove not in paths:
-                raise NotFoundError(f"{remove} is not a path of device {dev.name}")
-            if len(paths) == 1:
-                raise RefusedError(f"{remove} is the only path of device {dev.name}")
-            paths.remove(remove)
+            paths = _without(op, dev, paths, os.path.abspath(remove))
+        live = None
         if paths != dev.paths:
             new = s.commit(op, mmirrors.set_device_paths(op.pool, dev.uuid, paths))
             dev = new.device(dev.uuid)
-        live = svc.device_paths(op.pool.uuid, dev.uuid) if svc else None
+            live = svc.use_paths(op.pool.uuid, dev.uuid, list(dev.paths)) if svc else None
+        elif svc is not None:
+            live = svc.device_paths(op.pool.uuid, dev.uuid)
         states = {p["path"]: p["state"] for p in live or []}
         return {"device": dev.name, "uuid": dev.uuid,
                 "paths": [{"path": p, "state": states.get(p, "-" if live is None else
@@ -74,11 +72,42 @@ def device_paths(s: PoolSession, pool_name: str, key: str, add: str | None,
                            "primary": i == 0} for i, p in enumerate(dev.paths)]}
 
 
-def fail_device(s: PoolSession, pool_name: str, key: str, reason: str, only_if_failed: bool
-                ) -> dict[str, Any]:
+def _without(op: OpenPool, dev: Device, paths: list[str], remove: str) -> list[str]:
+    """*paths* less *remove*; refused if no path left leads to the device.
+
+    Where the device is open for this change (``op.paths``, what the catalog
+    remembers next) moves to the first path left that carries its label, so
+    that nothing opens the removed path again.
+    """
+    if remove not in paths:
+        raise NotFoundError(f"{remove} is not a path of device {dev.name}")
+    if len(paths) == 1:
+        raise RefusedError(f"{remove} is the only path of device {dev.name}")
+    left = [p for p in paths if p != remove]
+    found = op.paths.get(dev.uuid)
+    if found is not None and found not in left:
+        for p in left:
+            with contextlib.suppress(ResyncError):
+                check_label(p, op.pool.uuid, dev.uuid)
+                op.paths[dev.uuid] = p
+                break
+        else:
+            raise RefusedError(f"no other path of device {dev.name} ({', '.join(left)}) leads"
+                               f" to it now; {remove} stays")
+    return left
+
+
+def fail_device(s: PoolSession, pool_name: str, key: str, reason: str, only_if_failed: bool,
+                yes: bool = False) -> dict[str, Any]:
     svc = s.ports.mirrors
     with s.changing(pool_name, allow_missing=True) as op:
         dev = op.pool.device(key)
+        lost = [] if only_if_failed or yes or dev.state == "failed" else \
+            mmirrors.only_copies(op.pool, dev.uuid)
+        if lost:
+            raise RefusedError(f"device {dev.name} holds the only copy of volumes"
+                               f" {', '.join(lost)}: failing it makes them unreadable; add --yes"
+                               " to fail it anyway")
         # only_if_failed: the node's own report of a failure it saw; else an administrator's
         failure = "admin"
         if svc is not None:
@@ -124,10 +153,15 @@ def _online(s: PoolSession, pool_name: str, key: str, rate: int | None,
     with s.changing(pool_name, allow_missing=True) as op:
         dev = op.pool.device(key)
         failed_here = svc is not None and svc.is_failed(op.pool.uuid, dev.uuid)
+        stale = any(sc.device_uuid == dev.uuid for sc in op.choice.stale)
         recorded = any(r["device"] == dev.uuid for r in resync_records(op.pool))
-        if dev.state != "failed" and not failed_here:
+        if dev.state != "failed" and not failed_here and not stale:
             if svc is not None and svc.is_busy(op.pool.uuid, dev.uuid):
                 return {"device": dev.name, "state": "resyncing"}
+            if dev.uuid in op.choice.missing:
+                raise RefusedError(f"device {dev.name} is missing, not failed: no readable"
+                                   f" label at its paths ({', '.join(dev.paths) or 'none'}) or"
+                                   " on the search paths; it is used again once it answers")
             raise RefusedError(f"device {dev.name} has not failed; 'vv device resync"
                                f" {pool_name}' resyncs dirty ranges")
         path = _locate(s, op, dev)
@@ -136,7 +170,8 @@ def _online(s: PoolSession, pool_name: str, key: str, rate: int | None,
                                f" paths ({', '.join(dev.paths) or 'none'}) or the search paths")
         if not recorded:
             with _scanned(op, dev, path) as scan:
-                if _check_diverged(op, dev, path, scan, discard_divergent):
+                if _check_diverged(op, dev, path, scan, discard_divergent) \
+                        or _is_stale(op, dev, scan):
                     _rebuild_whole(svc, op, dev, scan)
         if dev.state != "failed" or not recorded:
             new = mmirrors.set_device_state(op.pool, dev.uuid, "failed")
@@ -180,15 +215,43 @@ def _check_diverged(op: OpenPool, dev: Device, path: str, scan: media.DeviceScan
         f" {op.pool.name} {dev.name} --discard-divergent")
 
 
+def _is_stale(op: OpenPool, dev: Device, scan: media.DeviceScan) -> bool:
+    """Does *dev* miss configurations it should hold (a rolled-back copy)?
+
+    A working device must hold the pool's generation; a failed one, the
+    generation before it failed (``failed_at - 1``: commits stopped
+    reaching it there).  One that does not missed writes that no dirty log
+    names -- they were cleared once both legs had them -- so it is rebuilt
+    whole, like a replacement.
+    """
+    wanted = op.choice.generation if dev.state != "failed" else max(dev.failed_at - 1, 0)
+    newest = scan.newest_slot()
+    if newest is not None and newest >= wanted:
+        return False
+    log.warning("pool %s: device %s is stale (its newest generation %s, it should hold %d);"
+                " rebuilding it whole", op.pool.name, dev.name, newest, wanted)
+    return True
+
+
 def _rebuild_whole(svc: MirrorsPort | None, op: OpenPool, dev: Device, scan: media.DeviceScan) -> None:
     """Make the coming resync of *dev* copy every mirrored range it holds, and empty its log.
 
     Its own log (bits and stale list) belongs to the part that went on apart:
     a fresh one replaces it, and the bits set on its partners' logs name
-    everything it holds, as for a replacement.
+    everything it holds, as for a replacement.  Then the generations that
+    part committed are erased from it (:func:`media.apart_generations`): it
+    keeps only the history it shares with the pool, so nothing (vvfsck, the
+    probe, a later ``vv device online``) takes it for written apart again.
+    In that order: once the generations are gone, only the bits durably set
+    on its partners say that it must be rebuilt whole.
     """
     dirtylog.init_log(scan.dev, dev, op.pool.extent_size, op.pool.uuid)
     _mark_whole(svc, op, _partner_ranges(op.pool, dev.uuid))
+    apart = media.apart_generations(scan, op.choice)
+    if scan.label is not None and apart:
+        log.warning("pool %s: erasing generations %s, written apart, from device %s",
+                    op.pool.name, ", ".join(map(str, apart)), dev.name)
+        media.erase_generations(scan.dev, scan.label, apart)
 
 
 def _partner_ranges(pool: Pool, device: str) -> list[tuple[str, int, int]]:

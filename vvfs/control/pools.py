@@ -59,9 +59,14 @@ def _check_create(name: str, paths: list[str], extent_size: int) -> None:
         raise ApiError("a pool needs at least one device")
     if extent_size & (extent_size - 1) or not MIN_EXTENT <= extent_size <= MAX_EXTENT:
         raise ApiError("extent size must be a power of two from 1 MiB to 1 GiB")
-    real = [os.path.realpath(p) for p in paths]
-    if len(set(real)) != len(real):
-        raise ApiError("a device is named twice")
+    seen: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            same = f"{p}" if seen[real] == p else f"{seen[real]} and {p}"
+            raise ApiError(f"a device is named twice: {same}"
+                           + (f" (both {real})" if seen[real] != p else ""))
+        seen[real] = p
 
 
 def create_pool(s: PoolSession, name: str, paths: list[str], *, extent_size: int,
@@ -130,14 +135,12 @@ def import_pool(s: PoolSession, key: str, *, search: Sequence[str] = (),
         found = discover(list(search) + s.state.config.search_paths, readonly=False)
         try:
             uuid = _match_pool(found, key)
-            if s.catalog.find_pool(uuid) is not None:
-                raise RefusedError(f"pool {key} is already imported on this host")
             scans = found.pools[uuid]
             try:
                 choice = media.choose_generation(scans)
             except NoValidGenerationError as exc:
                 raise RefusedError(f"pool {key}: {exc}") from None
-            _check_importable(s, choice, force)
+            _check_importable(s, uuid, choice, force)
             op = OpenPool(choice, {sc.device_uuid: sc.name for sc in scans if sc.device_uuid})
             new = choice.pool.copy()
             new.active_host = s.host_id
@@ -152,11 +155,28 @@ def import_pool(s: PoolSession, key: str, *, search: Sequence[str] = (),
             found.close()
 
 
-def _check_importable(s: PoolSession, choice: media.Choice, force: bool) -> None:
+def _check_importable(s: PoolSession, uuid: str, choice: media.Choice, force: bool) -> None:
+    """Refuse an import that would take a pool in use, or that this host has already.
+
+    A pool this host imported that another host then took (``--force``
+    there: its newest configuration names the other host) is imported
+    again only with ``--force``: this host may not change it before.
+    """
     pool = choice.pool
-    if s.catalog.find_pool(pool.name) is not None:
-        raise RefusedError(f"a pool named {pool.name!r} is already imported here")
-    if pool.active_host not in (None, s.host_id) and not force:
+    elsewhere = pool.active_host not in (None, s.host_id)
+    if s.catalog.find_pool(uuid) is not None:
+        if not elsewhere:
+            raise RefusedError(f"pool {pool.name} is already imported on this host")
+        if not force:
+            raise RefusedError(
+                f"pool {pool.name} is imported here, but its media say that host"
+                f" {pool.active_host} took it; import it with --force to take it back, only if"
+                " that host is down")
+    else:
+        named = s.catalog.find_pool(pool.name)
+        if named is not None and named.uuid != uuid:
+            raise RefusedError(f"a pool named {pool.name!r} is already imported here")
+    if elsewhere and not force:
         raise RefusedError(
             f"pool {pool.name} is active on host {pool.active_host};"
             " import it with --force only if that host is down"
@@ -187,11 +207,16 @@ def _match_pool(found: Found, key: str) -> str:
 
 
 def destroy_pool(s: PoolSession, name: str, *, yes: bool = False) -> None:
-    """Erase the pool's labels and metadata from every device."""
+    """Erase the pool's labels and metadata from every device.
+
+    Refused while a node serves the pool (mounted, open volumes or not):
+    its volumes would vanish from a live mount, and the node would go on
+    writing to devices that no longer carry a label.
+    """
     if not yes:
         raise RefusedError(f"destroying pool {name} erases all its volumes; add --yes")
     with s.changing(name, allow_missing=True) as op:
-        s.refuse_if_any_open(op.pool)
+        s.refuse_if_mounted(op.pool, "destroyed")
         for sc in op.choice.scans:
             if sc.label is not None:
                 claim.unclaim(sc.dev, sc.label)  # type: ignore[arg-type]

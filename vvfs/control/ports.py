@@ -51,6 +51,10 @@ class HostPort(Protocol):
         """A configuration was committed (None: the pool was exported or destroyed)."""
         ...
 
+    def mounted_at(self, pool_uuid: str) -> str | None:
+        """The mount point where the node serves the pool now, or None."""
+        ...
+
 
 class JobsPort(Protocol):
     """The node's background work (:class:`vvfs.node.jobs.Jobs`)."""
@@ -128,6 +132,11 @@ class MirrorsPort(Protocol):
 
     def device_paths(self, pool_uuid: str, device: str) -> list[dict[str, str]] | None:
         """The live state of the device's paths, or None if it is not open."""
+        ...
+
+    def use_paths(self, pool_uuid: str, device: str, paths: list[str]
+                  ) -> list[dict[str, str]] | None:
+        """Reach the open device by *paths* only, now (off a removed path); as device_paths."""
         ...
 
 

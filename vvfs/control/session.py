@@ -7,7 +7,9 @@
   catalog remembers (a device not found there is looked for on the search
   paths) and brings the catalog in line with the media (media wins);
 * :meth:`PoolSession.changing` does the same under the state directory's
-  exclusive lock, refusing a pool with missing devices unless told;
+  exclusive lock, refusing a pool with missing devices unless told, and a
+  pool whose media say it is active on another host (a shared catalog
+  lists those too);
 * :meth:`PoolSession.commit` writes a new configuration to every present,
   working device (two-phase, see :mod:`metadata.media`), then mirrors it
   into the catalog, records a config-changed event and tells the runtime
@@ -25,7 +27,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mapper import move as moves
 from metadata import checksums, dirtylog, media
@@ -46,7 +48,22 @@ class OpenPool:
     """A pool opened from its media for reading or for one change."""
 
     choice: media.Choice
+    #: device uuid -> the path it is open at now (found by its label)
     paths: dict[str, str]
+    #: device uuid -> the path the catalog remembered when the pool was opened
+    remembered: dict[str, str] = field(default_factory=dict)
+
+    def catalog_paths(self, pool: Pool) -> dict[str, str]:
+        """Where each device of *pool* was last found, for the catalog.
+
+        Where found now; else where the catalog remembered it: a device
+        that does not answer for a moment (an EIO while its label was read)
+        is looked for there again, never forgotten.
+        """
+        listed = {d.uuid for d in pool.devices}
+        out = {u: p for u, p in self.remembered.items() if u in listed}
+        out.update({u: p for u, p in self.paths.items() if u in listed})
+        return out
 
     @property
     def pool(self) -> Pool:
@@ -116,6 +133,13 @@ class PoolSession:
         if busy:
             raise RefusedError(f"pool {pool.name} has open volumes: " + ", ".join(sorted(busy)))
 
+    def refuse_if_mounted(self, pool: Pool, what: str) -> None:
+        """Refuse *what* while the node serves the pool in its mount."""
+        where = self.ports.host.mounted_at(pool.uuid) if self.ports.host is not None else None
+        if where is not None:
+            raise RefusedError(f"pool {pool.name} is mounted on {where}; unmount it"
+                               f" ('vv umount {where}') before it can be {what}")
+
     def remember_dir(self, path: str) -> None:
         """Keep the directory of a file-backed device on the search paths."""
         if stat.S_ISREG(os.stat(path).st_mode):
@@ -132,8 +156,10 @@ class PoolSession:
     def open(self, name: str) -> OpenPool:
         """Open an imported pool from the paths the catalog remembers.
 
-        A device not found at its remembered path is looked for on the
-        search paths.  The catalog is brought in line with the media.
+        A device not found at its remembered path is looked for at its
+        configured paths and on the search paths.  The catalog is brought
+        in line with the media, but never forgets where a device not found
+        now was last found (see :meth:`OpenPool.catalog_paths`).
         """
         uuid = self.pool_uuid(name)
         remembered = self.catalog.device_paths(uuid)
@@ -141,14 +167,18 @@ class PoolSession:
         if not scans:
             raise RefusedError(f"pool {name}: none of its devices can be found")
         try:
-            choice = media.choose_generation(scans)
-        except NoValidGenerationError as exc:
+            choice = self._choose(name, scans)
+            if choice.missing and self._look_for(uuid, choice, scans, remembered):
+                choice = self._choose(name, scans)
+        except BaseException:
             for s in scans:
                 s.dev.close()
-            raise RefusedError(f"pool {name}: {exc}") from None
-        op = OpenPool(choice, {s.device_uuid: s.name for s in scans if s.device_uuid})
-        if self.catalog.pool_generation(uuid) != choice.generation or remembered != op.paths:
-            self.catalog.sync_pool(choice.pool, op.paths)
+            raise
+        op = OpenPool(choice, {s.device_uuid: s.name for s in scans if s.device_uuid},
+                      dict(remembered))
+        paths = op.catalog_paths(choice.pool)
+        if self.catalog.pool_generation(uuid) != choice.generation or remembered != paths:
+            self.catalog.sync_pool(choice.pool, paths)
         return op
 
     def _scan(self, uuid: str, remembered: dict[str, str]) -> list[media.DeviceScan]:
@@ -173,6 +203,37 @@ class PoolSession:
             extra.close()
         return scans
 
+    @staticmethod
+    def _choose(name: str, scans: list[media.DeviceScan]) -> media.Choice:
+        try:
+            return media.choose_generation(scans)
+        except NoValidGenerationError as exc:
+            raise RefusedError(f"pool {name}: {exc}") from None
+
+    def _look_for(self, uuid: str, choice: media.Choice, scans: list[media.DeviceScan],
+                  remembered: dict[str, str]) -> bool:
+        """Look for the devices *choice* misses at their paths (and on the search paths).
+
+        The search paths only for a device the catalog does not remember
+        (:meth:`_scan` looked there for the others).  Those found join
+        *scans*; True if any did.
+        """
+        missing = set(choice.missing)
+        where = [p for d in choice.pool.devices if d.uuid in missing for p in d.paths]
+        if missing - set(remembered):
+            where += self.state.config.search_paths
+        found = discover(where, readonly=False, skip=[s.name for s in scans])
+        added = False
+        for s in found.pools.pop(uuid, []):
+            if s.device_uuid in missing:
+                scans.append(s)
+                missing.discard(s.device_uuid)  # type: ignore[arg-type]
+                added = True
+            else:
+                s.dev.close()
+        found.close()
+        return added
+
     @contextlib.contextmanager
     def reading(self, name: str) -> Iterator[OpenPool]:
         """The pool *name* opened from its media, closed afterwards."""
@@ -186,11 +247,14 @@ class PoolSession:
     def changing(self, name: str, *, allow_missing: bool = False) -> Iterator[OpenPool]:
         """The pool *name* opened for one change, under the state directory's lock.
 
-        Refused while devices of it are missing, unless *allow_missing*.
+        Refused while devices of it are missing, unless *allow_missing*, and
+        whenever its media do not say that it is active on this host
+        (:meth:`refuse_if_not_ours`).
         """
         with self.locked("vv"):
             op = self.open(name)
             try:
+                self.refuse_if_not_ours(op.pool)
                 if op.choice.missing and not allow_missing:
                     names = [op.pool.device(u).name for u in op.choice.missing]
                     raise RefusedError(
@@ -200,6 +264,23 @@ class PoolSession:
                 yield op
             finally:
                 op.close()
+
+    def refuse_if_not_ours(self, pool: Pool) -> None:
+        """Refuse a change to a pool that its media say is active on another host, or none.
+
+        A catalog shared by several hosts (PostgreSQL) lists every host's
+        pools; until the hosts coordinate their commits (F8.2), only the
+        host that the media name may change a pool -- two hosts committing
+        to one pool would each overwrite what the other acknowledged.
+        """
+        if pool.active_host == self.host_id:
+            return
+        if pool.active_host is None:
+            raise RefusedError(f"pool {pool.name} is exported (active on no host);"
+                               " import it here before changing it ('vv pool import')")
+        raise RefusedError(f"pool {pool.name} is active on host {pool.active_host}; this"
+                           f" host ({self.host_id}) may not change it (export it there"
+                           " first)")
 
     # -- committing ---------------------------------------------------------------
 
@@ -211,7 +292,9 @@ class PoolSession:
         dirtylog.enable(new)
         new.check()
         moves.validate(new, op.pool)  # nothing may remap what a move is copying
-        by_uuid = {s.device_uuid: s for s in op.choice.scans}
+        # never to a stale device (an older copy): it would look current after this
+        stale = {id(s) for s in op.choice.stale}
+        by_uuid = {s.device_uuid: s for s in op.choice.scans if id(s) not in stale}
         targets = [
             media.Target(by_uuid[d.uuid].dev, by_uuid[d.uuid].label)  # type: ignore[arg-type]
             for d in new.devices if d.state != "failed" and d.uuid in by_uuid
@@ -221,9 +304,7 @@ class PoolSession:
         old = op.choice.pool
         op.choice.max_seen = new.generation
         op.choice.pool = new
-        listed = {d.uuid for d in new.devices}
-        paths = {u: p for u, p in op.paths.items() if u in listed}
-        self.catalog.sync_pool(new, paths, previous=old)
+        self.catalog.sync_pool(new, op.catalog_paths(new), previous=old)
         events.record_commit(self.catalog, old, new)
         self.changed(new.uuid, new)
         return new

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mapper
 from mapper import mirrors as mmirrors
-from metadata.model import Pool, Volume
+from metadata.model import NAME_RE, Pool, Volume, check_name
 from vvfs.control.session import PoolSession, split_volume_path
 from vvfs.errors import ApiError
 
@@ -57,10 +57,16 @@ def resize_volume(s: PoolSession, path: str, size: int, *, allow_shrink: bool = 
 def rename_volume(s: PoolSession, path: str, new_name: str) -> Volume:
     pool_name, name = split_volume_path(path)
     if "/" in new_name:
-        p2, new_name = split_volume_path(new_name)
+        p2, _, rest = new_name.partition("/")
+        if not NAME_RE.match(p2) or "/" in rest:
+            check_name("volume", new_name)  # raises: the name, and what a name may be
         if p2 != pool_name:
-            raise ApiError("a volume cannot be renamed into another pool")
+            raise ApiError(f"volume {path} cannot be renamed into another pool ({p2});"
+                           " name the new volume without a pool, or POOL/NAME of its own pool")
+        new_name = rest
     with s.changing(pool_name) as op:
+        op.pool.volume(name)
+        s.refuse_if_open(op.pool, name, "renamed")
         new = s.commit(op, mapper.rename_volume(op.pool, name, new_name))
         return new.volume(new_name)
 

@@ -45,7 +45,9 @@ keeps checksums right is:
    write is acknowledged only after its data and entries reached every leg.
 
 A bit flip in one leg's data is thus found (the leg no longer matches the
-entry that the other legs match) and repaired from the leg that matches.
+entry that the other legs match) and repaired from the leg that matches:
+by every read of the block (:mod:`vvfs.data.mirror.verify`, which judges
+by these rules too, with nothing in flight), and by scrub.
 
 What it costs
 -------------
@@ -54,8 +56,10 @@ one page in flight share a page write), made concurrently with the data:
 measured with fio through the mount on a 2-way mirror of sparse files
 (2 CPUs, buffered backing files, dirty log on), block checksums cost
 about 35% of the IOPS of 4 KiB random writes at queue depth 1, 30% at
-depth 16, and 25% of the bandwidth of 1 MiB sequential writes; reads cost
-nothing.  The price is the extra worker-thread call per leg (the node is
+depth 16, and 25% of the bandwidth of 1 MiB sequential writes.  Reads are
+verified (:mod:`vvfs.data.mirror.verify`): a crc32c per block read and one
+look-up of cached entries per request; bench/README.md has the ratio.  The
+price of writes is the extra worker-thread call per leg (the node is
 bound by thread hand-offs, not by the crc32c: 0.3 us per block).  Writing
 pages back in batches -- one call per device every few milliseconds, made
 durable by a flush and before the dirty log clears a region's bit -- would

@@ -9,11 +9,16 @@ untouched):
 * **range lock**: the write registers the 4 KiB-aligned range it covers in
   the volume's :class:`RangeLock` for as long as it is in flight, and first
   waits while an *exclusive* lock (a move copying an extent, a scrub
-  comparing a chunk) overlaps it;
+  comparing a chunk) overlaps it; a write of a mirrored or moving volume also
+  waits for overlapping writes in flight (each leg, entry and destination
+  then ends with the same one);
 * **checksums** (mirrored volumes, see :mod:`vvfs.data.checksums`): the crc32c of
   every whole block is computed before the write and stored on every leg's
-  device concurrently with the data; a write covering a block only in part
-  takes an exclusive lock on the aligned range instead, writes, reads the
+  device concurrently with the data, inside the mirror's region gate once
+  the dirty bits are durable (so a resync never copies between them); a write covering a block only in part
+  takes an exclusive lock on the aligned range instead, reads the blocks it
+  covers in part (verified, so that a rotted copy is healed before its other
+  bytes are kept, see :mod:`vvfs.data.mirror.verify`), writes, reads the
   blocks back and stores their crc32c;
 * **move shadow**: while a move is recorded (see :mod:`vvfs.node.jobs`), every
   device range of a write that lies in a moving run is also written to the
@@ -43,6 +48,7 @@ Concurrency (trio thread; statements between two awaits are atomic):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,13 +67,22 @@ log = logging.getLogger(__name__)
 
 
 class RangeLock:
-    """Shared (write) and exclusive holders of byte ranges of one volume."""
+    """Shared (write) and exclusive holders of byte ranges of one volume.
+
+    Writes share a range with each other, except *ordered* ones (see
+    :meth:`enter_writing`), which also wait for every overlapping write in
+    flight: a write that lands on several places (mirror legs, its checksum
+    entries, a move's destination) must not overlap another one in flight,
+    or each place could keep the bytes of a different one of them.
+    """
 
     def __init__(self) -> None:
         self._writers: dict[int, tuple[int, int]] = {}
         self._locks: dict[int, tuple[int, int]] = {}
         self._next = 0
         self._changed = trio.Event()
+        #: ordered writes waiting for an overlapping write to end
+        self._ordered_waiting = 0
 
     @staticmethod
     def _overlaps(held: dict[int, tuple[int, int]], start: int, end: int) -> bool:
@@ -93,20 +108,27 @@ class RangeLock:
         finally:
             self.leave_writing(tok)
 
-    async def enter_writing(self, start: int, end: int) -> int:
+    async def enter_writing(self, start: int, end: int, *, ordered: bool = False) -> int:
         """:meth:`writing` without a context manager (the write path): returns a token.
 
-        No await at all when no exclusive holder overlaps (the usual case).
+        *ordered*: also after every overlapping write in flight has ended,
+        so that overlapping writes land everywhere in the order they entered.
+        No await at all when nothing overlaps (the usual case).
         """
-        while self._locks and self._overlaps(self._locks, start, end):
-            await self._wait_change()
+        while (self._locks and self._overlaps(self._locks, start, end)) or (
+                ordered and self._overlaps(self._writers, start, end)):
+            self._ordered_waiting += ordered
+            try:
+                await self._wait_change()
+            finally:
+                self._ordered_waiting -= ordered
         tok = self._token()
         self._writers[tok] = (start, end)
         return tok
 
     def leave_writing(self, tok: int) -> None:
         del self._writers[tok]
-        if self._locks:  # only an exclusive holder waits for writers to end
+        if self._locks or self._ordered_waiting:  # they wait for writers to end
             self._notify()
 
     @contextlib.asynccontextmanager
@@ -245,7 +267,9 @@ class PoolGuard:
         # decided once the range is held, so a write that waited behind a
         # move's first copy still reaches the destination.
         if not partial:
-            tok = await lock.enter_writing(start, end)
+            # a write that lands on several places waits for overlapping ones (RangeLock)
+            ordered = csum or self.move is not None or vio.volume.mirrors >= 2  # type: ignore[attr-defined]
+            tok = await lock.enter_writing(start, end, ordered=ordered)
             try:
                 moving = self.move
                 if not csum and (moving is None or vio.uuid not in moving.volumes):  # type: ignore[attr-defined]
@@ -254,12 +278,31 @@ class PoolGuard:
             finally:
                 lock.leave_writing(tok)
         async with lock.exclusive(start, end):
+            await self._verify_edges(vio, offset, length, start, end, size)
             return await self._guarded(vio, offset, view, csum, True, start, end, size)
+
+    async def _verify_edges(self, vio: object, offset: int, length: int, start: int, end: int,
+                            size: int) -> None:
+        """Before a partial write: check (and heal) the blocks it covers only in part.
+
+        Their other bytes are kept and the block's entry is then recomputed
+        from what a leg holds (:meth:`_refresh`), so a copy rotted there, on
+        any leg, must be healed first, or its rot would be blessed by the new
+        entry.  The range is held exclusively (``all_legs``).  Raises
+        BlockChecksumError (EIO) when no copy of such a block is right: the
+        write is refused.
+        """
+        whole = size - size % BLOCK
+        edges = {b for b, partial in ((start, start != offset),
+                                      (end - BLOCK, end != offset + length)) if partial}
+        for b in sorted(edges):
+            if b + BLOCK <= whole:
+                await vio.read(b, BLOCK, all_legs=True)  # type: ignore[attr-defined]
 
     async def _guarded(self, vio: object, offset: int, view: memoryview, csum: bool,
                        partial: bool, start: int, end: int, size: int) -> int:
         """The write with checksums and/or a move's shadow; its range is held."""
-        write: Callable[[int, bytes | memoryview], Awaitable[int]] = vio.write_unguarded  # type: ignore[attr-defined]
+        write: Callable[..., Awaitable[int]] = vio.write_unguarded  # type: ignore[attr-defined]
         length = len(view)
         moving = self.move
         shadow = moving if moving is not None and vio.uuid in moving.volumes else None  # type: ignore[attr-defined]
@@ -270,16 +313,17 @@ class PoolGuard:
             entries = [] if partial or not csum else _entries(pieces, offset, view, shadow)
             result = 0
 
+            # the entries go with the data, inside the mirror's region gate
+            store = functools.partial(self._store, entries) if entries else None
+
             async def data_write() -> None:
                 nonlocal result
-                result = await write(offset, view)
+                result = await write(offset, view, store)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(data_write)
                 if shadow is not None:
                     nursery.start_soon(self._shadow_write, vio, pieces, offset, view, shadow)
-                if entries:
-                    nursery.start_soon(self._store, entries)
             if partial:
                 self.stats.partial_writes += 1
                 await self._refresh(vio, start, min(end, size - size % BLOCK), shadow)
@@ -337,7 +381,8 @@ class PoolGuard:
         """Recompute the entries of whole blocks ``[start, end)`` after a partial write."""
         if end <= start:
             return
-        data = await vio.read(start, end - start)  # type: ignore[attr-defined]
+        # not verified: these blocks' entries are the ones being recomputed
+        data = await vio.read(start, end - start, verify=False)  # type: ignore[attr-defined]
         view = memoryview(data)
         pieces = vio.vmap.resolve(start, end - start)  # type: ignore[attr-defined]
         await self._store(_entries(pieces, start, view, shadow))
@@ -374,10 +419,22 @@ def _entries(pieces: list[Piece], base: int, view: memoryview,
             continue
         values = checksums.pack(checksums.block_crcs(view[first - base:last - base]))
         for loc in p.legs:
-            dev_first = loc.offset + first - p.offset
-            out.append((loc.device, dev_first, values))
-            if shadow is not None:
-                for skip, dest, at, n in shadow.map(loc.device, dev_first, last - first):
-                    lo = skip // BLOCK * checksums.ENTRY
-                    out.append((dest, at, values[lo:lo + n // BLOCK * checksums.ENTRY]))
+            out += shadowed(shadow, loc.device, loc.offset + first - p.offset, values)
+    return out
+
+
+def shadowed(shadow: MoveShadow | None, device: DeviceUUID, offset: int, values: bytes
+             ) -> list[Entry]:
+    """The packed entries *values* of the blocks from *device* byte *offset*, and their copies.
+
+    A moving leg's entries move with it: where a running move (*shadow*)
+    copies those blocks, their entries are stored at the destination too --
+    by the write path and by every repair (verified reads, scrub).
+    """
+    out: list[Entry] = [(device, offset, values)]
+    if shadow is not None:
+        length = len(values) // checksums.ENTRY * BLOCK
+        for skip, dest, at, n in shadow.map(device, offset, length):
+            lo = skip // BLOCK * checksums.ENTRY
+            out.append((dest, at, values[lo:lo + n // BLOCK * checksums.ENTRY]))
     return out

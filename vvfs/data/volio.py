@@ -23,7 +23,8 @@ the guard's):
   would enter the guard again), so a write takes its range once.
 * **mirrored volumes** (``mirror`` set by the node and more than one leg):
   reads, writes and flushes go to :class:`vvfs.data.mirror.PoolMirror` --
-  read policies, degraded mode, the dirty log; see :mod:`vvfs.data.mirror`.
+  read policies, reads verified by the block checksums and healed, degraded
+  mode, the dirty log; see :mod:`vvfs.data.mirror`.
   What follows is the path of the other volumes (and of mirrored ones
   when no mirror is attached, as in handler tests).
 * **read**: each piece is read from one leg -- round-robin over the legs per
@@ -139,13 +140,23 @@ class VolumeIO:
 
     # -- requests -------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> bytearray:
-        """Read up to *length* bytes at *offset*; short or empty past the end."""
+    async def read(self, offset: int, length: int, *, all_legs: bool = False,
+                   verify: bool = True) -> bytearray:
+        """Read up to *length* bytes at *offset*; short or empty past the end.
+
+        A mirrored volume's reads are verified by the block checksums and
+        healed (:mod:`vvfs.data.mirror.verify`); *verify* False reads without
+        (the guard's read-back of blocks whose entries it recomputes);
+        *all_legs* judges every leg's copy, not only the one read -- for a
+        caller that holds the range exclusively in the guard's range lock
+        (the guard, before a partial write).
+        """
         length = max(0, min(length, self.size - offset))
         out = bytearray(length)
         if length and self._mirrored:
             try:
-                await self.mirror.read(self, offset, memoryview(out))
+                await self.mirror.read(self, offset, memoryview(out), all_legs=all_legs,
+                                       verify=verify)
             except DeviceIOError:
                 self.stats.errors += 1
                 raise
@@ -175,7 +186,8 @@ class VolumeIO:
             return await self.guard.write(self, offset, data)
         return await self.write_unguarded(offset, data)
 
-    async def write_unguarded(self, offset: int, data: bytes | memoryview) -> int:
+    async def write_unguarded(self, offset: int, data: bytes | memoryview,
+                              alongside: Callable[[], Awaitable[None]] | None = None) -> int:
         """:meth:`write` without the guard: only the device I/O, on every leg.
 
         Called by :meth:`write` when there is no guard and by
@@ -183,7 +195,14 @@ class VolumeIO:
         call :meth:`write`, or it would bypass range locks, checksums and a
         move's shadow.  Returns when every device call has ended; cancelled,
         it still waits for the calls in flight (the module docstring).
+        *alongside* (the guard's checksum entries) runs concurrently with the
+        device calls -- for a mirrored volume inside its region gate (see
+        :meth:`vvfs.data.mirror.writes.MirrorWriter.write`).
         """
+        if alongside is not None and not self._mirrored:  # no gate: alongside, as it comes
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(alongside)
+                return await self.write_unguarded(offset, data)
         if offset >= self.size:
             raise NoSpaceError(f"volume {self.name}: write at byte {offset} is past its end"
                                f" ({self.size} bytes)")
@@ -191,7 +210,7 @@ class VolumeIO:
         view = memoryview(data)[:length]
         if self._mirrored:
             try:
-                await self.mirror.write(self, offset, view)
+                await self.mirror.write(self, offset, view, alongside)
             except DeviceIOError:
                 self.stats.errors += 1
                 raise

@@ -61,6 +61,10 @@ let through.  A path switched to (by failover or failback) first has its
 clean cached pages dropped (``POSIX_FADV_DONTNEED``): they may predate
 writes made through another path.
 
+While open, a device holds the path it first opened (:mod:`vvfs.io.hold`: an OFD lock
+on a file, ``O_EXCL`` on a block device), so that no claim takes it and no
+other node serves it; a path held by another process is not opened.
+
 Errors are :class:`metadata.blockdev.DeviceIOError` naming the device and the
 byte offset.  Cancellation: the worker threads are never abandoned, so a
 cancelled call returns (raising ``trio.Cancelled``) only once its system call
@@ -82,7 +86,7 @@ from typing import TypeVar
 import trio
 
 from metadata.blockdev import DeviceIOError
-from vvfs.io import kaio
+from vvfs.io import hold, kaio
 from vvfs.io.filedev import zero_fd
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,12 @@ PATH_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF, errn
                          errno.ESHUTDOWN, errno.ENOLINK})
 
 PathFailed = Callable[["DataDevice", str, "str | None", DeviceIOError], None]
+#: ``verify(fd, path, generation)``: return once the path open as *fd* leads to
+#: the device expected, holding *generation* or newer; raise
+#: :class:`~metadata.blockdev.DeviceIOError` (ENXIO: another device or none;
+#: see :func:`vvfs.io.discovery.verify_identity`) otherwise.  Called on every
+#: open of a path -- the first, a failover, a failback -- before any I/O.
+Verify = Callable[[int, str, int], object]
 
 Buffers = Sequence[memoryview]
 
@@ -157,7 +167,8 @@ class DataDevice:
     """
 
     def __init__(self, path: str, uuid: str, limiter: trio.CapacityLimiter, *,
-                 direct: bool = False, alternates: Sequence[str] = ()) -> None:
+                 direct: bool = False, alternates: Sequence[str] = (),
+                 verify: Verify | None = None, generation: int = 0) -> None:
         self.path = path
         self.name = path
         self.uuid = uuid
@@ -166,7 +177,10 @@ class DataDevice:
         #: every path, primary first, and each one's state: active, standby, failed
         self.paths = [path] + [p for p in alternates if p != path]
         self.path_state = {p: "standby" for p in self.paths}
-        self.path_state[path] = "active"
+        #: checks that a path leads to this device (see :data:`Verify`), or None
+        self.verify = verify
+        #: the generation every path must hold (or newer) to be used (see :data:`Verify`)
+        self.generation = generation
         #: called on the trio thread when a path fails (device, path, new path or None, error)
         self.on_path_failed: PathFailed | None = None
         self._path_gen = 0
@@ -175,7 +189,7 @@ class DataDevice:
         #: set while a failback waits for the calls in flight: new calls wait for it
         self._paused: trio.Event | None = None
         self._drained = trio.Event()
-        self._fd, self._dfd = self._open_fds(path)
+        self._fd, self._dfd = self._open_first()
         st = os.fstat(self._fd)
         self.is_block = stat.S_ISBLK(st.st_mode)
         self.stats = DeviceStats()
@@ -183,7 +197,7 @@ class DataDevice:
         self._durable_writes = 0
         #: page-cache reads on the loop thread (buffered mode only)
         self._nowait = not direct and hasattr(os, "RWF_NOWAIT")
-        log.debug("opened %s (%s, direct=%s)", path, uuid, direct)
+        log.debug("opened %s (%s, direct=%s)", self.path, uuid, direct)
 
     def _open(self, flags: int, path: str | None = None) -> int:
         path = path or self.path
@@ -192,26 +206,63 @@ class DataDevice:
         except OSError as exc:
             raise DeviceIOError(path, 0, f"cannot open: {exc.strerror}", exc.errno) from None
 
-    def _open_fds(self, path: str) -> tuple[int, int]:
-        """(buffered fd, O_DIRECT fd or -1) of *path*."""
+    def _open_first(self) -> tuple[int, int]:
+        """Open the first path, in order, that opens and proves to be this device.
+
+        The paths that do not are ``failed``; raises the first one's error if none does.
+        """
+        first: DeviceIOError | None = None
+        for p in self.paths:
+            try:
+                held = hold.take(p)
+            except DeviceIOError as exc:
+                log.warning("device %s: path %s not used: %s", self.uuid, p, exc)
+                self.path_state[p] = "failed"
+                first = first or exc
+                continue
+            try:
+                fds = self._open_fds(p)
+            except BaseException as exc:
+                held.release()
+                if not isinstance(exc, DeviceIOError):
+                    raise
+                log.warning("device %s: path %s not used: %s", self.uuid, p, exc)
+                self.path_state[p] = "failed"
+                first = first or exc
+                continue
+            #: this process's lock on the device while it is open (vvfs/io/hold.py)
+            self._hold = held
+            self.path = self.name = p
+            self.path_state[p] = "active"
+            return fds
+        raise first or DeviceIOError(self.name, 0, "no path to open", errno.ENODEV)
+
+    def _open_fds(self, path: str, drop_cache: bool = False) -> tuple[int, int]:
+        """(buffered fd, O_DIRECT fd or -1) of *path*, once it proved to be this device.
+
+        *drop_cache*: first drop its clean cached pages (a path switched to:
+        they may predate writes made through another path).
+        """
         fd = self._open(os.O_RDWR | os.O_CLOEXEC, path)
         dfd = -1
-        if self.direct:
-            try:
+        try:
+            if drop_cache:
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                except OSError as exc:
+                    log.debug("%s: cached pages not dropped: %s", path, exc.strerror)
+            if self.verify is not None:
+                self.verify(fd, path, self.generation)
+            if self.direct:
                 dfd = self._open(os.O_RDWR | os.O_CLOEXEC | os.O_DIRECT, path)
-            except DeviceIOError:
-                os.close(fd)
-                raise
+        except BaseException:
+            os.close(fd)
+            raise
         return fd, dfd
 
     def _open_switch(self, path: str) -> tuple[int, int]:
         """:meth:`_open_fds` of a path to switch to, its stale cached pages dropped."""
-        fds = self._open_fds(path)
-        try:
-            os.posix_fadvise(fds[0], 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError as exc:
-            log.debug("%s: cached pages not dropped: %s", path, exc.strerror)
-        return fds
+        return self._open_fds(path, drop_cache=True)
 
     # -- public async API ---------------------------------------------------
 
@@ -328,22 +379,58 @@ class DataDevice:
                 "flushes_skipped": s.flushes_skipped, "errors": s.errors,
                 "in_flight": s.in_flight, "dirty": self._completed_writes > self._durable_writes}
 
-    def set_paths(self, paths: Sequence[str]) -> None:
-        """Reach the device by *paths* (primary first) from now on.
+    def set_paths(self, paths: Sequence[str]) -> bool:
+        """Reach the device by *paths* (primary first) from now on; only those are opened.
 
-        The active path stays in use (first, if the configuration does not
-        list it); a path already known keeps its state, a new one is standby.
+        A path already known keeps its state, a new one is standby.  Returns
+        True when the path in use is no longer listed: it stays in use (and
+        out of the table) until :meth:`leave_unlisted` switches to a listed one.
         """
-        new = list(dict.fromkeys(paths))
-        if self.path not in new:
-            new.insert(0, self.path)
+        new = list(dict.fromkeys(paths)) or [self.path]
         self.path_state = {p: self.path_state.get(p, "standby") for p in new}
+        if self.path in new:
+            self.path_state[self.path] = "active"
         self.paths = new
+        return self.path not in new
+
+    async def leave_unlisted(self) -> str | None:
+        """If the path in use is no longer listed, switch to the first listed one that works.
+
+        Pauses the device as a failback does (see the module docstring).
+        Returns the path switched to, or None if nothing had to change.
+        Raises :class:`DeviceIOError` when no listed path opens and proves to
+        be this device (they are ``failed`` then; the caller fails the device).
+        Cancellation: the device stays on the path it had.
+        """
+        first: DeviceIOError | None = None
+        for p in list(self.paths):
+            if self.path in self.paths or self._fd < 0:
+                return None
+            try:
+                fds = await trio.to_thread.run_sync(self._open_switch, p)
+            except DeviceIOError as exc:
+                self.path_state[p] = "failed"
+                first = first or exc
+                continue
+            left = None
+            try:
+                left = await self._swap_paused(p, fds, lambda: self.path not in self.paths)
+            finally:
+                if left is None:
+                    _close_fds(fds)
+            if left is None:
+                return None  # another switch is under way, or it no longer applies
+            await trio.to_thread.run_sync(_close_fds, left)
+            return p
+        if self.path in self.paths or self._fd < 0:
+            return None
+        raise first or DeviceIOError(self.name, 0, "no listed path left", errno.ENODEV)
 
     async def restore_path(self, path: str) -> str | None:
         """Use failed *path* again; return its state now (``active``, ``standby``).
 
-        The caller checked that *path* leads to this device (its label).
+        The caller checked that *path* leads to this device (its label); it is
+        checked again through the new descriptor (:attr:`verify`).
         The path becomes ``active`` when it comes before the one in use
         (see the module docstring: the device pauses while it switches),
         else ``standby``.  None when *path* is no longer a failed path of
@@ -352,7 +439,7 @@ class DataDevice:
         failed).  Cancellation: the calls paused meanwhile go on, on the
         path they had; *path* stays failed.
         """
-        if self.path_state.get(path) != "failed":
+        if self.path_state.get(path) != "failed" or path not in self.paths:
             return None
         fds = await trio.to_thread.run_sync(self._open_switch, path)
         left: list[int] | None = None
@@ -361,7 +448,9 @@ class DataDevice:
                 if not self._comes_first(path):
                     self.path_state[path] = "standby"
                     return "standby"
-                left = await self._switch_back(path, fds)
+                left = await self._swap_paused(
+                    path, fds, lambda: self.path_state.get(path) == "failed"
+                    and self._comes_first(path))
         finally:
             if left is None:
                 _close_fds(fds)
@@ -375,10 +464,13 @@ class DataDevice:
         return self.path not in self.paths or self.paths.index(path) < self.paths.index(
             self.path)
 
-    async def _switch_back(self, path: str, fds: tuple[int, int]) -> list[int] | None:
+    async def _swap_paused(self, path: str, fds: tuple[int, int],
+                           still: Callable[[], bool]) -> list[int] | None:
         """Make *path* (open as *fds*) active, paused; the descriptors left behind.
 
-        None (and nothing changed) if that no longer applies.
+        Waits for the calls in flight, then -- if *still()* says the switch
+        still applies -- flushes the path being left and swaps.  None (and
+        nothing changed) if it no longer applies.
         """
         if self._paused is not None:
             return None
@@ -388,8 +480,7 @@ class DataDevice:
             while self.stats.in_flight:
                 self._drained = trio.Event()
                 await self._drained.wait()
-            if self._fd < 0 or self.path_state.get(path) != "failed" \
-                    or not self._comes_first(path):
+            if self._fd < 0 or not still():
                 return None
             old = self.path
             self.stats.in_flight += 1  # so that close() waits for this fdatasync
@@ -404,14 +495,15 @@ class DataDevice:
             left = [*self._retired, *(fd for fd in (self._fd, self._dfd) if fd >= 0)]
             self._fd, self._dfd = fds
             self._retired = []
-            self.path_state[old] = "failed" if flushed is not None else "standby"
+            if old in self.path_state:
+                self.path_state[old] = "failed" if flushed is not None else "standby"
             self.path = self.name = path
             self.path_state[path] = "active"
             self._path_gen += 1
         finally:
             self._paused = None
             paused.set()
-        log.info("device %s: path %s is back; switched to it from %s", self.uuid, path, old)
+        log.info("device %s: switched to path %s from %s", self.uuid, path, old)
         if flushed is not None:
             log.warning("device %s: path %s failed its last flush (%s)", self.uuid, old,
                         flushed)
@@ -426,6 +518,7 @@ class DataDevice:
                 os.close(fd)
         self._fd = self._dfd = -1
         self._retired = []
+        self._hold.release()
         log.debug("closed %s", self.path)
 
     # -- worker-thread side -------------------------------------------------
@@ -474,16 +567,19 @@ class DataDevice:
             if gen != self._path_gen:
                 return True  # another call switched already
             old = self.path
-            self.path_state[old] = "failed"
+            if old in self.path_state:
+                self.path_state[old] = "failed"
             new = None
+            refused: list[tuple[str, DeviceIOError]] = []
             for p in self.paths:
                 if self.path_state[p] == "failed":
                     continue
                 try:
                     fds = await trio.to_thread.run_sync(self._open_switch, p)
                 except DeviceIOError as err:
-                    log.warning("%s: alternate path %s cannot be opened: %s", self.uuid, p, err)
+                    log.warning("%s: alternate path %s cannot be used: %s", self.uuid, p, err)
                     self.path_state[p] = "failed"
+                    refused.append((p, err))
                     continue
                 self._retired += [fd for fd in (self._fd, self._dfd) if fd >= 0]
                 self._fd, self._dfd = fds
@@ -496,6 +592,8 @@ class DataDevice:
                             exc, new)
             if self.on_path_failed is not None:
                 self.on_path_failed(self, old, new, exc)
+                for p, why in refused:
+                    self.on_path_failed(self, p, new, why)
             return new is not None
 
     async def _kaio(self, write: bool, bufs: Buffers, offset: int, total: int) -> bool:

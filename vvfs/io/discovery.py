@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from metadata import format as fmt
 from metadata.blockdev import DeviceIOError
 from metadata.media import DeviceScan, read_label, scan_device
-from vvfs.errors import ResyncError
+from vvfs.errors import ResyncError, StaleDeviceError, WrongDeviceError
 from vvfs.io.filedev import FileDevice
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,66 @@ def discover(paths: Iterable[str], *, readonly: bool = True,
         by_uuid[duuid] = scan
         found.pools.setdefault(scan.label.pool_uuid, []).append(scan)
     return found
+
+
+class _Borrowed:
+    """Reads through a descriptor someone else owns (a BlockDevice for reading labels)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    def pread(self, length: int, offset: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise DeviceIOError(self.name, offset, f"read failed: {exc.strerror}",
+                                exc.errno) from None
+        if len(data) != length:
+            raise DeviceIOError(self.name, offset, f"short read: {len(data)} of {length} bytes")
+        return data
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        raise DeviceIOError(self.name, offset, "read-only here")
+
+    def flush(self) -> None:
+        return None
+
+    def size(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def close(self) -> None:
+        return None
+
+
+def verify_identity(fd: int, path: str, pool_uuid: str, device: str, generation: int = 0
+                    ) -> int:
+    """The newest generation on open *fd* (of *path*), once it proved to be the device expected.
+
+    Raises :class:`WrongDeviceError` unless its label names device *device*
+    of pool *pool_uuid*, and :class:`StaleDeviceError` if it holds no
+    generation *generation* or newer (0: any).  Read through *fd* itself,
+    so that what is checked is what will be read and written.
+    """
+    dev = _Borrowed(fd, path)
+    label, _errors = read_label(dev)
+    if label is None:
+        raise WrongDeviceError(path, "no readable vvfs label: not the device expected")
+    if (label.pool_uuid, label.device_uuid) != (pool_uuid, device):
+        raise WrongDeviceError(path, f"carries device {label.device_uuid} of pool"
+                                     f" {label.pool_uuid}, not device {device} of pool"
+                                     f" {pool_uuid}")
+    newest = scan_device(dev).newest_slot()
+    if generation and (newest is None or newest < generation):
+        raise StaleDeviceError(path, newest, generation)
+    return newest or 0
+
+
+def identity(pool_uuid: str, device: str) -> Callable[[int, str, int], int]:
+    """A ``verify`` for :class:`vvfs.io.devio.DataDevice`: :func:`verify_identity` of *device*."""
+    def verify(fd: int, path: str, generation: int) -> int:
+        return verify_identity(fd, path, pool_uuid, device, generation)
+    return verify
 
 
 def check_label(path: str, pool_uuid: str, device: str) -> fmt.Label:

@@ -11,8 +11,9 @@ or a block device:
   knows, at the offsets ``wipefs --all`` would erase);
 - :func:`wipe_signatures` — erase them, for ``--force``;
 - :func:`in_use` — why it cannot be claimed: mounted, backing a loop device,
-  held by a stacking driver, an active swap, or opened exclusively by the
-  kernel or another program.
+  held by a stacking driver, an active swap, opened exclusively by the
+  kernel or another program, locked by a vvfs node that serves it, or open
+  in any process at all.
 
 Devices are compared by device number or by ``(st_dev, st_ino)``, never by
 path string; symlinks are resolved first. Probing never touches storage
@@ -40,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vvfs.errors import ProbeError
+from vvfs.io import hold
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +468,21 @@ def _block_busy(path: str, rdev: int) -> str | None:
         if holders:
             return f"has partition /dev/{name} held by {', '.join(holders)}"
     if _exclusively_open(path):
-        return "is busy: it cannot be opened exclusively (EBUSY)"
+        st = os.stat(path)
+        who = hold.describe(hold.openers(st))
+        return ("is busy: it cannot be opened exclusively (EBUSY)"
+                + (f"; it is open by {who}" if who else ""))
+    return None
+
+
+def _opened_by(real: str, st: os.stat_result) -> str | None:
+    """Who has the file or device *st* (at *real*) open -- a vvfs lock first -- as a predicate."""
+    locked = not stat.S_ISBLK(st.st_mode) and hold.is_locked(real)
+    who = hold.describe(hold.openers(st))
+    if locked:
+        return f"is in use by vvfs: {who or 'another process'} holds its device lock"
+    if who:
+        return f"is open by {who}"
     return None
 
 
@@ -478,6 +494,8 @@ def in_use(path: str) -> str | None:
     loop device, or busy for an exclusive open. For a regular file: a mount
     point (bind mount), an active swap file, or the backing file of a loop
     device — and then whether that loop device is itself mounted or held.
+    Either: locked by a vvfs process that serves it (:mod:`vvfs.io.hold`), or
+    open in any process (named by pid and command, from ``/proc``).
     Raises :class:`ProbeError` if *path* is missing or of another type.
     """
     real, st = _stat_device(path)
@@ -488,7 +506,8 @@ def in_use(path: str) -> str | None:
         loops = _loops_backed_by(st)
         if loops:
             return f"{path} is the backing device of {loops[0]}"
-        return None
+        reason = _opened_by(real, st)
+        return f"{path} {reason}" if reason else None
     mount = _mount_of_file(st)
     if mount is not None:
         return f"{path} is mounted on {mount}"
@@ -505,4 +524,5 @@ def in_use(path: str) -> str | None:
             return f"{path} is attached to {loop}, which {reason}"
     if loops:
         return f"{path} is the backing file of {loops[0]}"
-    return None
+    reason = _opened_by(real, st)
+    return f"{path} {reason}" if reason else None

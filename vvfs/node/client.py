@@ -158,6 +158,39 @@ def _error_from(doc: Any, status: int) -> VVError:
                         code if isinstance(code, int) else EXIT_FAILED)
 
 
+#: Method -> its parameters that name files (a path, or a list of them).  The
+#: node runs in another directory: they are made absolute here, against the
+#: caller's working directory, before they are sent.
+PATH_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "create_pool": ("paths",), "import_pool": ("search",), "scan": ("paths",),
+    "rebuild_catalog": ("search",), "add_device": ("path",),
+    "device_paths": ("add", "remove"), "replace_device": ("new",),
+}
+#: Method -> its parameters that name a device by name, uuid or path: those
+#: holding a "/" are paths (names and uuids never do) and are made absolute.
+DEVICE_KEY_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "remove_device": ("key",), "evacuate_device": ("key",), "device_paths": ("key",),
+    "fail_device": ("key",), "online_device": ("key",), "resync_pool": ("key",),
+    "replace_device": ("old",), "move_volume": ("to", "from_"),
+}
+
+
+def absolute_arguments(method: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """*arguments* of *method* with every file path made absolute (see PATH_ARGUMENTS)."""
+    out = dict(arguments)
+    for name in PATH_ARGUMENTS.get(method, ()):
+        value = out.get(name)
+        if isinstance(value, str):
+            out[name] = os.path.abspath(value)
+        elif isinstance(value, (list, tuple)):
+            out[name] = [os.path.abspath(v) if isinstance(v, str) else v for v in value]
+    for name in DEVICE_KEY_ARGUMENTS.get(method, ()):
+        value = out.get(name)
+        if isinstance(value, str) and "/" in value:
+            out[name] = os.path.abspath(value)
+    return out
+
+
 def _remote_method(name: str) -> Callable[..., Any]:
     real = getattr(Manager, name)
     signature = inspect.signature(real)
@@ -167,7 +200,7 @@ def _remote_method(name: str) -> Callable[..., Any]:
         bound = signature.bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         del arguments[next(iter(signature.parameters))]
-        return self.client.call(name, **arguments)
+        return self.client.call(name, **absolute_arguments(name, arguments))
 
     return method
 
@@ -177,11 +210,14 @@ class ManagerProxy:
 
     Has every method of :data:`vvfs.node.codec.API_METHODS` with the Manager's
     signature; a wrong argument raises ``TypeError`` here, before any
-    request.
+    request.  File paths are made absolute here (:func:`absolute_arguments`):
+    ``vv device add tank disk.img`` means the caller's ``./disk.img``.
     """
 
-    def __init__(self, client: NodeClient) -> None:
+    def __init__(self, client: NodeClient, host_id: str = "") -> None:
         self.client = client
+        #: this host's id (vvfs.yaml), as Manager.host_id
+        self.host_id = host_id
 
     def close(self) -> None:
         self.client.close()
@@ -219,4 +255,4 @@ def open_manager(state_dir: str | None = None) -> Manager | ManagerProxy:
     path = node_socket(state_dir)
     if path is None:
         return Manager(state_dir)
-    return ManagerProxy(NodeClient(path))
+    return ManagerProxy(NodeClient(path), StateDir(state_dir).config.host_id)

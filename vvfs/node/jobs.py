@@ -7,7 +7,7 @@ The protocol (like pvmove, but resumable and abortable)
    adds a move record to ``Pool.operations`` (its ``reserved`` runs keep the
    allocator off them); one commit.  Every map still names the old place.
 2. **Mirror writes**: as soon as the node applies that configuration, every
-   write to a moving run also goes to its destination (``vvfs/guard.py``,
+   write to a moving run also goes to its destination (``vvfs/data/guard.py``,
    data and checksums), copied yet or not.
 3. **Copy** (:class:`MoveTask`, a task in the node's nursery): extent by
    extent, in the record's order, from ``copied`` on: the extent's volume

@@ -51,8 +51,9 @@ holds, and its own dirty bits name regions of the other part's history.
 ``vv device online`` refuses it (:class:`DivergedError`), the probe records
 a ``device-diverged`` event and stops looking, and only ``vv device online
 --discard-divergent`` brings it back -- rebuilt whole from the other legs,
-with a fresh dirty log, like a replacement -- once the administrator has
-copied out what it alone holds.
+with a fresh dirty log, like a replacement, and the generations its part
+committed erased from it -- once the administrator has copied out what it
+alone holds.
 
 At start, bits found set in the logs (a crash) start a resync of those
 regions from the first healthy leg (reads use that leg meanwhile), and a
@@ -83,9 +84,15 @@ from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
 from metadata.model import DeviceUUID, PoolUUID
 from vvfs.data.mirror import PoolMirror, ResyncJob
-from vvfs.errors import DivergedError, MissingError, ResyncError
+from vvfs.errors import (
+    DivergedError,
+    MissingError,
+    ResyncError,
+    StaleDeviceError,
+    WrongDeviceError,
+)
 from vvfs.io.devio import DataDevice
-from vvfs.io.discovery import candidate_paths, check_label
+from vvfs.io.discovery import candidate_paths, check_label, identity
 
 if TYPE_CHECKING:
     from vvfs.data.volio import PoolIO
@@ -132,6 +139,8 @@ class Mirrors:
         self._diverged: set[tuple[str, str]] = set()
         #: (pool, device, path) of failed paths being tried again
         self._path_probing: set[tuple[str, str, str]] = set()
+        #: (pool, device) -> why the node would not open it (wrong label, stale): failed next
+        self._refused: dict[tuple[str, str], WrongDeviceError] = {}
 
     # -- running --------------------------------------------------------------
 
@@ -204,13 +213,14 @@ class Mirrors:
                                errno.ENOENT if d.failure == "vanished" else None)
         for d in pio.pool.devices:
             dev = pio.devices.get(d.uuid)
-            if dev is not None and d.paths:
-                dev.set_paths(d.paths)
+            if dev is not None and d.paths and dev.set_paths(d.paths):
+                self.spawn(self._leave_unlisted, pm, dev)
 
     async def pool_loaded(self, pio: PoolIO) -> None:
         """After the node opened a pool: load logs, start what a crash left to do."""
         pm = self.pools[pio.uuid]
         await pm.attach_devices()
+        self._fail_refused(pm)
         _fail_missing(pm)
         regions, stale = pm.dirty_at_start()
         stale_here = {DeviceUUID(u) for u in stale if u in pm.devices}
@@ -230,6 +240,7 @@ class Mirrors:
         if pm is None:
             return
         await pm.attach_devices()
+        self._fail_refused(pm)
         _fail_missing(pm)
         self._apply_records(pm)
 
@@ -238,6 +249,63 @@ class Mirrors:
         if pm is not None:
             with contextlib.suppress(DeviceIOError):
                 await pm.clean(idle=0, force=0)
+
+    def refused(self, pool_uuid: str, device: str, exc: WrongDeviceError) -> None:
+        """(Node) *device* was not opened: no path of it proved to be it (*exc* says why).
+
+        Failed once the pool's mirror is attached (:meth:`_fail_refused`).
+        """
+        self._refused[(pool_uuid, device)] = exc
+
+    def _fail_refused(self, pm: PoolMirror) -> None:
+        """Fail the devices the node refused to open; rebuild the stale ones that can be.
+
+        A stale device (:class:`StaleDeviceError`: a rolled-back copy) missed
+        writes that no dirty log names: it comes back only rebuilt whole from
+        its partners (``vv device online`` decides so, see
+        :mod:`vvfs.control.mirrors`), started here at once when every extent
+        it holds has another copy.  One holding the only copy of some volume
+        waits for ``vv device online``, which accepts it as it is.
+        """
+        for (pool_uuid, device), exc in list(self._refused.items()):
+            if pool_uuid != pm.pool.uuid:
+                continue
+            del self._refused[(pool_uuid, device)]
+            uuid = DeviceUUID(device)
+            if uuid in pm.devices or not any(d.uuid == uuid for d in pm.pool.devices):
+                continue
+            pm.fail(uuid, exc)
+            if not isinstance(exc, StaleDeviceError):
+                continue
+            alone = _single_copies(pm, uuid)
+            if alone:
+                log.warning("pool %s: device %s is stale and holds the only copy of %s; 'vv"
+                            " device online %s %s' takes it back as it is", pm.pool.name,
+                            pm.name_of(uuid), ", ".join(alone), pm.pool.name, pm.name_of(uuid))
+            else:
+                self.spawn(self._rebuild_stale, pm, uuid)
+
+    async def _rebuild_stale(self, pm: PoolMirror, device: DeviceUUID) -> None:
+        key = (pm.pool.uuid, device)
+        if key in self._bringing:
+            return
+        log.info("pool %s: rebuilding stale device %s whole", pm.pool.name, pm.name_of(device))
+        await self.node.call("online_device", {"pool_name": pm.pool.name, "key": device})
+
+    async def _leave_unlisted(self, pm: PoolMirror, dev: DataDevice) -> None:
+        """Move *dev* off a path the configuration no longer lists (fail it if it cannot)."""
+        old = dev.path
+        try:
+            new = await dev.leave_unlisted()
+        except DeviceIOError as exc:
+            if pm.devices.get(DeviceUUID(dev.uuid)) is dev:
+                pm.fail(dev.uuid, exc)
+            return
+        if new is not None:
+            name = pm.name_of(dev.uuid)
+            pm.emit("path-returned", "info", name,
+                    f"device {name}: path {old} is no longer one of its paths; I/O moved to"
+                    f" {new}")
 
     def is_failed(self, pool_uuid: str, device: str) -> bool:
         pm = self.pools.get(PoolUUID(pool_uuid))
@@ -400,18 +468,19 @@ class Mirrors:
 
     # -- bringing devices back --------------------------------------------------
 
-    def _path_of(self, pm: PoolMirror, device: str) -> str | None:
-        return next(iter(self._paths_of(pm, device)), None)
-
     def _paths_of(self, pm: PoolMirror, device: str) -> list[str]:
-        """Where to look for *device*: where this host last found it, then its paths."""
+        """Where to look for *device*: its paths, in order (only they are ever opened).
+
+        Where this host last found it, only for a device that lists no path.
+        """
+        dev = next((d for d in pm.pool.devices if d.uuid == device), None)
+        if dev is not None and dev.paths:
+            return list(dev.paths)
         try:
             paths = self.node.manager.catalog.device_paths(pm.pool.uuid)
         except VVError:
             paths = {}
-        dev = next((d for d in pm.pool.devices if d.uuid == device), None)
-        found = [paths[device]] if device in paths else []
-        return list(dict.fromkeys(found + (dev.paths if dev is not None else [])))
+        return [paths[device]] if device in paths else []
 
     def _apply_records(self, pm: PoolMirror) -> None:
         for rec in resync_records(pm.pool):
@@ -433,14 +502,15 @@ class Mirrors:
         name = pm.name_of(device)
         try:
             if device not in pm.devices:
-                path = self._path_of(pm, device)
-                if path is None:
-                    raise ResyncError(f"device {name} has no known path")
-                cfg = next(d for d in pm.pool.devices if d.uuid == device)
-                alternates = [p for p in cfg.paths if p != path]
+                paths = [p for p in self._paths_of(pm, device) if candidate_paths([p])]
+                if not paths:
+                    raise ResyncError(f"device {name}: none of its paths"
+                                      f" ({', '.join(self._paths_of(pm, device)) or 'none'})"
+                                      " exists outside a vvfs mount")
                 dev = await trio.to_thread.run_sync(functools.partial(
-                    _open_checked, path, pm.pool.uuid, device, self.node.limiter,
-                    self.node.direct, alternates))
+                    DataDevice, paths[0], device, self.node.limiter, direct=self.node.direct,
+                    alternates=paths[1:], verify=identity(pm.pool.uuid, device)))
+                path = dev.path
                 pm.failed.pop(device, None)
                 pm.devices[device] = dev
                 pm.resyncing.add(device)
@@ -521,6 +591,17 @@ class Mirrors:
             return None
         return [{"path": p, "state": dev.path_state[p]} for p in dev.paths]
 
+    async def use_paths(self, pool_uuid: str, device: str, paths: list[str]
+                        ) -> list[dict[str, str]] | None:
+        """Reach open *device* by *paths* from now on (off a removed one first); its table."""
+        pm = self.pools.get(PoolUUID(pool_uuid))
+        dev = pm.devices.get(DeviceUUID(device)) if pm is not None else None
+        if pm is None or dev is None:
+            return None
+        if dev.set_paths(paths):
+            await self._leave_unlisted(pm, dev)
+        return await self.device_paths(pool_uuid, device)
+
     def _pm(self, pool_uuid: str) -> PoolMirror:
         pm = self.pools.get(PoolUUID(pool_uuid))
         if pm is None:
@@ -534,6 +615,7 @@ class Mirrors:
         if pm is None:
             return {}
         return {"devices": {d.uuid: pm.device_state(d.uuid, d.state) for d in pio.pool.devices},
+                "errors": {u: fd.error for u, fd in pm.failed.items()},
                 "volumes": {v.uuid: pm.volume_state(v) if v.mirrors > 1 else
                             ("failed" if pm.volume_state(v) == "failed" else "ok")
                             for v in pio.pool.volumes},
@@ -580,7 +662,7 @@ def _probe_label(path: str, pool_uuid: str, device: str) -> fmt.Label:
     return check_label(path, pool_uuid, device)
 
 
-def _open_checked(path: str, pool_uuid: str, device: str, limiter: trio.CapacityLimiter,
-                  direct: bool, alternates: list[str]) -> DataDevice:
-    check_label(path, pool_uuid, device)
-    return DataDevice(path, device, limiter, direct=direct, alternates=alternates)
+def _single_copies(pm: PoolMirror, device: str) -> list[str]:
+    """Names of the volumes with no other copy of what *device* holds of them."""
+    return [v.name for v in pm.pool.volumes if v.mirrors < 2
+            and any(a.device == device for s in v.segments for leg in s.areas for a in leg)]

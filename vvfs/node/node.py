@@ -46,9 +46,9 @@ from metadata.errors import VVError
 from metadata.model import DeviceUUID, Pool, PoolUUID
 from vvfs.control.manager import Manager
 from vvfs.data.volio import PoolIO
-from vvfs.errors import ApiError, NodeError
+from vvfs.errors import ApiError, NodeError, WrongDeviceError
 from vvfs.io.devio import DEFAULT_IO_THREADS, DataDevice, io_limiter
-from vvfs.io.discovery import candidate_paths
+from vvfs.io.discovery import candidate_paths, identity
 from vvfs.node.fs import VolumeFS
 from vvfs.node.jobs import Jobs
 from vvfs.node.mirrors import DEFAULT_PROBE_INTERVAL, DEFAULT_RATE, Mirrors
@@ -277,6 +277,7 @@ class Node:
     def _read_pool(self, name: str) -> tuple[Pool, dict[str, str]]:
         op = self.manager.session.open(name)
         try:
+            self.manager.session.refuse_if_not_ours(op.pool)  # a shared catalog lists others'
             if op.choice.missing:
                 missing = [op.pool.device(u).name for u in op.choice.missing]
                 log.warning("pool %s: devices missing: %s", name, ", ".join(missing))
@@ -296,23 +297,46 @@ class Node:
 
     async def _open_devices(self, pool: Pool, paths: dict[str, str],
                             devs: dict[DeviceUUID, DataDevice]) -> None:
+        """Open the working devices of *pool* not open yet, each at its listed paths only.
+
+        Every path is checked through its own descriptor before any I/O: the
+        label must name this pool and device, and the device must hold the
+        pool's generation (:func:`vvfs.io.discovery.verify_identity`).  A
+        device that fails the check is handed to the mirror service, which
+        fails it (see :meth:`vvfs.node.mirrors.Mirrors.refused`).
+        """
         for d in pool.devices:
             if d.uuid in devs or d.state == "failed" or self.mirrors.is_failed(pool.uuid, d.uuid):
                 continue
-            path = paths.get(d.uuid) or (d.paths[0] if d.paths else None)
-            if path is None:
-                log.error("pool %s: device %s has no known path", pool.name, d.name)
-                continue
-            if not candidate_paths([path]):
-                log.error("pool %s: device %s at %s lies under a vvfs mount or is gone;"
-                          " not opened", pool.name, d.name, path)
+            listed = self._listed_paths(pool, d.uuid, paths.get(d.uuid))
+            if not listed:
                 continue
             try:
                 devs[d.uuid] = await trio.to_thread.run_sync(
-                    functools.partial(DataDevice, path, d.uuid, self.limiter, direct=self.direct,
-                                      alternates=[p for p in d.paths if p != path]))
+                    functools.partial(DataDevice, listed[0], d.uuid, self.limiter,
+                                      direct=self.direct, alternates=listed[1:],
+                                      verify=identity(pool.uuid, d.uuid),
+                                      generation=pool.generation))
+            except WrongDeviceError as exc:
+                self.mirrors.refused(pool.uuid, d.uuid, exc)
             except DeviceIOError as exc:
                 log.error("pool %s: device %s: %s", pool.name, d.name, exc)
+
+    def _listed_paths(self, pool: Pool, device: str, found: str | None) -> list[str]:
+        """The paths to open *device* at, in order: its configured paths (else where found).
+
+        Paths that are gone or lie under a vvfs mount are left out (and said so).
+        """
+        d = pool.device(device)
+        listed = list(d.paths) or ([found] if found else [])
+        usable = [p for p in listed if candidate_paths([p])]
+        if not usable:
+            where = f"; found at {found}, not one of its paths (add it with 'vv device paths" \
+                    f" {pool.name} {d.name} --add {found}')" if found and found not in listed \
+                else ""
+            log.error("pool %s: device %s: none of its paths (%s) exists outside a vvfs mount%s;"
+                      " not opened", pool.name, d.name, ", ".join(listed) or "none", where)
+        return usable
 
     async def _update_pool(self, pool: Pool, paths: dict[str, str]) -> None:
         pio = self.pools[pool.uuid]
@@ -436,7 +460,7 @@ class Node:
         return {"mountpoint": self.mountpoint, "pid": os.getpid(), "state": self.state,
                 "host_id": self.manager.host_id, "started": self.started,
                 "io_flusher": self.io_flusher, "direct": self.direct,
-                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/move.py)
+                "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/node/jobs.py)
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
@@ -449,6 +473,7 @@ class Node:
             state = live.get("devices", {}).get(d.uuid, state)
             devices.append({"name": d.name, "uuid": d.uuid, "size": d.size, "state": state,
                             "path": dev.path if dev else (d.paths[0] if d.paths else None),
+                            "error": live.get("errors", {}).get(d.uuid),  # why it failed
                             "stats": dev.statistics() if dev else None})
         volumes = []
         for vio in sorted(pio.volumes.values(), key=lambda v: v.name):

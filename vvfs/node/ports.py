@@ -39,6 +39,9 @@ class NodeHost:
     def changed(self, pool_uuid: str, pool: Pool | None) -> None:
         self.node.note_change(pool_uuid, pool)
 
+    def mounted_at(self, pool_uuid: str) -> str | None:
+        return self.node.mountpoint if pool_uuid in self.node.pools else None
+
 
 class NodeJobs:
     """:class:`~vvfs.control.ports.JobsPort`: the node's background work."""
@@ -106,6 +109,10 @@ class NodeMirrors:
 
     def device_paths(self, pool_uuid: str, device: str) -> list[dict[str, str]] | None:
         return self.mirrors.from_thread(self.mirrors.device_paths, pool_uuid, device)
+
+    def use_paths(self, pool_uuid: str, device: str, paths: list[str]
+                  ) -> list[dict[str, str]] | None:
+        return self.mirrors.from_thread(self.mirrors.use_paths, pool_uuid, device, paths)
 
 
 async def _run_sync(fn: Any, *args: Any) -> Any:

@@ -8,7 +8,7 @@ management calls, and it runs on the trio thread only between device calls.
 How a chunk is scrubbed
 -----------------------
 The volume is read in chunks of :data:`CHUNK` bytes.  Each chunk's volume
-range is locked exclusively (``vvfs/guard.py``: new writes to it wait, writes
+range is locked exclusively (``vvfs/data/guard.py``: new writes to it wait, writes
 in flight there are waited for), then every leg's bytes and every leg's
 stored checksum entries (read from the device, not the node's cache) are
 read, and each 4 KiB block is judged by :func:`judge`:
@@ -56,6 +56,7 @@ from metadata.errors import VVError
 from metadata.model import DeviceUUID
 from vvfs.data import checksums
 from vvfs.data.checksums import BLOCK, Verdict, judge
+from vvfs.data.guard import shadowed
 from vvfs.data.mirror import PoolMirror
 
 if TYPE_CHECKING:
@@ -257,13 +258,8 @@ class ScrubTask:
                         self._touched.add(loc.device)
                 if csum:
                     value = checksums.pack([v.value])
-                    runs = [(loc.device, loc.offset + lo, value)
-                            for m, loc in enumerate(piece.legs) if m not in absent]
-                    if shadow is not None:  # a moving leg's entries move with it
-                        runs += [(dest, at, value) for m, loc in enumerate(piece.legs)
-                                 if m not in absent
-                                 for _skip, dest, at, _n in shadow.map(loc.device,
-                                                                       loc.offset + lo, BLOCK)]
+                    runs = [e for m, loc in enumerate(piece.legs) if m not in absent
+                            for e in shadowed(shadow, loc.device, loc.offset + lo, value)]
                     await store.update(runs)
                     self._touched |= {loc.device for m, loc in enumerate(piece.legs)
                                       if m not in absent}

@@ -213,9 +213,10 @@ class FaultyDevice:
         return self
 
     def delay(self, seconds: float, *, ops: Iterable[Op] = ("read", "write", "flush"),
-              start: int = 0, end: int | None = None) -> FaultyDevice:
-        """Calls of *ops* (touching ``[start, end)``) sleep *seconds* first."""
-        self.rules.append(_Rule("delay", _ops(ops), start, end, seconds=seconds))
+              start: int = 0, end: int | None = None, times: int | None = None
+              ) -> FaultyDevice:
+        """Calls of *ops* (touching ``[start, end)``) sleep *seconds* first (the first *times*)."""
+        self.rules.append(_Rule("delay", _ops(ops), start, end, seconds=seconds, times=times))
         return self
 
     def drop_writes(self, start: int = 0, end: int | None = None,

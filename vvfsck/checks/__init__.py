@@ -48,7 +48,7 @@ CONFIG: tuple[Check, ...] = (
 )
 
 #: stage 3: the catalog
-CATALOG: tuple[Check, ...] = (catalog.check_catalog,)
+CATALOG: tuple[Check, ...] = (catalog.check_catalog, catalog.check_catalog_paths)
 
 #: --deep only: the data of mirror legs
 DEEP: tuple[Check, ...] = (mirrors.check_mirrors,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from metadata.catalog import CatalogError
 from vvfsck.context import Ctx
@@ -42,6 +43,31 @@ def check_catalog(ctx: Ctx) -> None:
     else:
         return
     _catalog_finding(ctx, where, f"pool {pool.name} {what}", sync=True)
+
+
+def check_catalog_paths(ctx: Ctx) -> None:
+    """The catalog remembers where each device of the pool was found (media win).
+
+    A device with no path there, or another one, is taken for missing by
+    every command (changes are refused) while the media say it is present.
+    """
+    if ctx.catalog is None or ctx.choice is None:
+        return
+    pool, cat = ctx.pool, ctx.catalog
+    if pool.active_host != ctx.host_id or cat.find_pool(pool.uuid) is None:
+        return  # check_catalog reports these
+    remembered = cat.device_paths(pool.uuid)
+    for m in ctx.members:
+        d = ctx.entry(m.uuid)
+        if d is None or m.provisional:
+            continue
+        was = remembered.get(m.uuid)
+        if was is not None and os.path.realpath(was) == os.path.realpath(m.name):
+            continue
+        what = "no path for it" if was is None else f"it at {was}"
+        _catalog_finding(ctx, f"catalog {ctx.catalog_name}",
+                         f"pool {pool.name}: device {d.name} is at {m.name}, but the catalog"
+                         f" remembers {what} (commands take it for missing)", sync=True)
 
 
 def _catalog_finding(ctx: Ctx, where: str, message: str, *, sync: bool) -> None:

@@ -18,6 +18,8 @@ locks it takes and what a cancellation leaves behind):
 * :mod:`.writes` -- mirrored writes: mark, write every leg, degrade a
   failing leg, suspect regions;
 * :mod:`.reads` -- the read policies (balanced, primary, first);
+* :mod:`.verify` -- every read checked by the block checksums, a bad copy
+  healed from another leg (ZFS's self-healing read);
 * :mod:`.clean` -- the cleaner, clearing the bits of idle regions;
 * :mod:`.resync` -- the resync engine (:class:`ResyncJob`, throttling);
 * :mod:`.calls` -- device calls: pieces planned into vectored calls, run

@@ -50,6 +50,7 @@ from metadata.dirtylog import LogGeometry
 from metadata.model import DeviceUUID, Pool
 from vvfs.data.mirror.gate import Key, RegionGate
 from vvfs.data.mirror.log import DirtyLog
+from vvfs.errors import BlockChecksumError
 from vvfs.io.devio import PATH_ERRNOS, DataDevice
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ Emit = Callable[[str, str, str, str], None]
 
 
 def is_failure(exc: BaseException) -> bool:
-    """Does *exc* fail the device it names (see :data:`FAILURE_ERRNOS`)?"""
-    return isinstance(exc, DeviceIOError) and exc.errno in FAILURE_ERRNOS
+    """Does *exc* fail the device it names (see :data:`FAILURE_ERRNOS`)?
+
+    A block whose copies all fail their checksum (:class:`BlockChecksumError`,
+    EIO) fails no device: every device answered.
+    """
+    return (isinstance(exc, DeviceIOError) and exc.errno in FAILURE_ERRNOS
+            and not isinstance(exc, BlockChecksumError))
 
 
 @dataclass
@@ -96,6 +102,16 @@ class MirrorStats:
     #: ... of which a leg other than the first was right (by its checksum)
     resync_judged_other: int = 0
     cleaned: int = 0
+    #: blocks whose crc32c a read compared with the stored entry (:mod:`.verify`)
+    verified: int = 0
+    #: ... that did not match (then judged again under the range lock)
+    checksum_mismatches: int = 0
+    #: blocks of a leg rewritten from a copy that matches the checksum
+    checksum_repaired: int = 0
+    #: checksum entries rewritten where the legs agreed
+    checksum_entries_repaired: int = 0
+    #: blocks no copy of which matched: the read failed with EIO
+    checksum_errors: int = 0
 
 
 class MirrorCore:

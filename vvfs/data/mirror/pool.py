@@ -22,7 +22,7 @@ leaves behind).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -111,13 +111,20 @@ class PoolMirror(MirrorCore):
 
     # -- I/O of mirrored volumes (vvfs.data.mirror.writes, .reads) --------------
 
-    async def write(self, vio: Any, offset: int, view: memoryview) -> None:
+    async def write(self, vio: Any, offset: int, view: memoryview,
+                    alongside: Callable[[], Awaitable[None]] | None = None) -> None:
         """Write *view* at volume byte *offset* of mirrored volume *vio* (:mod:`.writes`)."""
-        await self.writer.write(vio, offset, view)
+        await self.writer.write(vio, offset, view, alongside)
 
-    async def read(self, vio: Any, offset: int, view: memoryview) -> None:
-        """Fill *view* from volume byte *offset* of mirrored volume *vio* (:mod:`.reads`)."""
-        await self.reader.read(vio, offset, view)
+    async def read(self, vio: Any, offset: int, view: memoryview, *, all_legs: bool = False,
+                   verify: bool = True) -> None:
+        """Fill *view* from volume byte *offset* of mirrored volume *vio* (:mod:`.reads`).
+
+        Every whole block is verified by its checksum (:mod:`.verify`) unless
+        *verify* is False; with *all_legs* on every leg (the caller holds the
+        range exclusively).
+        """
+        await self.reader.read(vio, offset, view, all_legs=all_legs, verify=verify)
 
     async def mark_ranges(self, ranges: Iterable[tuple[str, int, int]]) -> int:
         """Set (durably) the bits of device byte ranges ``(device, offset, length)``."""
@@ -187,6 +194,10 @@ class PoolMirror(MirrorCore):
                 "first_wins": {str(k): v for k, v in s.first_wins.items()},
                 "resync_bytes": s.resync_bytes, "resync_judged": s.resync_judged,
                 "resync_judged_other": s.resync_judged_other, "cleaned": s.cleaned,
+                "verified": s.verified, "checksum_mismatches": s.checksum_mismatches,
+                "checksum_repaired": s.checksum_repaired,
+                "checksum_entries_repaired": s.checksum_entries_repaired,
+                "checksum_errors": s.checksum_errors,
                 "failed": {names.get(u, u): {"error": f.error, "since": f.when}
                            for u, f in self.failed.items()},
                 "resyncing": sorted(names.get(u, u) for u in self.resyncing),

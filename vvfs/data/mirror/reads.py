@@ -11,6 +11,12 @@ leg.  While a resync after a crash runs
 uses the resync's source leg, so that a region whose legs may still differ
 reads the same bytes each time.
 
+Every read is verified by the block checksums, whatever its policy
+(:mod:`.verify`): widened to whole 4 KiB blocks, read from the legs the
+policy chose, checked, and healed from another leg where a block fails its
+checksum.  ``verify=False`` reads without (the write guard's read-back of
+blocks it is rewriting).
+
 Concurrency: everything runs on the trio thread; statements between two
 awaits are atomic.  Cancellation: device calls are never abandoned; the
 legs a cancelled ``first`` read raced go on in the background.
@@ -28,6 +34,7 @@ from metadata.blockdev import DeviceIOError
 from vvfs.data.mirror.calls import Call, plan_calls, run_calls
 from vvfs.data.mirror.core import MirrorCore, is_failure
 from vvfs.data.mirror.resync import ResyncEngine
+from vvfs.data.mirror.verify import ReadVerifier
 
 #: ``first`` read policy: legs whose device has this many calls in flight are skipped.
 FIRST_MAX_IN_FLIGHT = 8
@@ -43,22 +50,52 @@ class ReadPolicies:
     def __init__(self, core: MirrorCore, resync: ResyncEngine) -> None:
         self.core = core
         self.resync = resync
+        self.verifier = ReadVerifier(core, resync)
 
-    async def read(self, vio: Any, offset: int, view: memoryview) -> None:
-        """Fill *view* from volume byte *offset* of mirrored volume *vio* (module docstring)."""
+    async def read(self, vio: Any, offset: int, view: memoryview, *, all_legs: bool = False,
+                   verify: bool = True) -> None:
+        """Fill *view* from volume byte *offset* of mirrored volume *vio* (module docstring).
+
+        Verified unless *verify* is False.  *all_legs*: every leg's copy of
+        each whole block is judged (and healed), not only the one read; the
+        caller holds the range exclusively in the volume's range lock (the
+        write guard, before a partial write keeps a block's other bytes).
+        """
+        verifier = self.verifier
+        if not verify or not verifier.applies(vio):
+            await self._read(vio, offset, view)
+            return
+        start, end = verifier.span(vio, offset, len(view))
+        if start == offset and end == offset + len(view):
+            buf = view
+        else:  # a block read in part: read (and check) the whole block
+            buf = memoryview(bytearray(end - start))
+        chosen = await self._read(vio, start, buf)
+        if all_legs:
+            await verifier.check_all_legs(vio, start, buf)
+        else:
+            await verifier.check(vio, start, buf, chosen)
+        if buf is not view:
+            view[:] = buf[offset - start:offset - start + len(view)]
+
+    async def _read(self, vio: Any, offset: int, view: memoryview) -> list[tuple[Piece, Loc]]:
+        """Fill *view* by the read policy; return each piece with the leg that answered."""
         core = self.core
         pieces = vio.vmap.resolve(offset, len(view))
         policy = "primary" if self.resync.source_only else vio.volume.read_policy
-        if policy == "first" and core.spawn is not None and await self._read_first(
-                pieces, offset, view):
-            return
+        if policy == "first" and core.spawn is not None:
+            m = await self._read_first(pieces, offset, view)
+            if m is not None:
+                return [(p, p.legs[m]) for p in pieces]
         tried: list[set[str]] = [set() for _ in pieces]
+        answered: list[Loc] = [p.legs[0] for p in pieces]
         pending = list(range(len(pieces)))
         while pending:
             chosen = []
             for i in pending:
                 loc = self._choose(vio, pieces[i], tried[i], policy)
                 tried[i].add(loc.device)
+                answered[i] = loc
                 chosen.append((i, pieces[i], loc))
             calls = plan_calls(chosen, offset, view)
             ok = [0] * len(pieces)
@@ -71,6 +108,7 @@ class ReadPolicies:
                 pending += call.pieces
             if pending:
                 core.stats.read_retries += 1
+        return list(zip(pieces, answered, strict=True))
 
     def _choose(self, vio: Any, p: Piece, tried: set[str], policy: str) -> Loc:
         legs = [loc for loc in p.legs if self.core.readable(loc.device)
@@ -84,13 +122,14 @@ class ReadPolicies:
         vio._rr += 1
         return legs[vio._rr % len(legs)]
 
-    async def _read_first(self, pieces: list[Piece], base: int, view: memoryview) -> bool:
-        """``first``: race the readable legs; True once *view* holds the winner's bytes."""
+    async def _read_first(self, pieces: list[Piece], base: int, view: memoryview
+                          ) -> int | None:
+        """``first``: race the readable legs; the winner once *view* holds its bytes."""
         core = self.core
         n = min((len(p.legs) for p in pieces), default=0)
         candidates = [m for m in range(n) if all(core.readable(p.legs[m].device) for p in pieces)]
         if len(candidates) < 2:
-            return False
+            return None
         load = {m: max(core.devices[p.legs[m].device].stats.in_flight for p in pieces)
                 for m in candidates}
         chosen = [m for m in candidates if load[m] < FIRST_MAX_IN_FLIGHT]
@@ -107,11 +146,11 @@ class ReadPolicies:
         await done.wait()
         winner = state["winner"]
         if winner is None:
-            return False
+            return None
         m, buf = winner
         view[:] = buf
         core.stats.first_wins[m] = core.stats.first_wins.get(m, 0) + 1
-        return True
+        return int(m)
 
     async def _race(self, m: int, calls: list[Call], buf: bytearray, state: dict[str, Any],
                     done: trio.Event) -> None:

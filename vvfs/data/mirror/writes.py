@@ -39,7 +39,7 @@ are suspect).
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -70,8 +70,16 @@ class MirroredWrites:
         self.core = core
         self.resync = resync
 
-    async def write(self, vio: Any, offset: int, view: memoryview) -> None:
-        """Write *view* at volume byte *offset* of mirrored volume *vio* (module docstring)."""
+    async def write(self, vio: Any, offset: int, view: memoryview,
+                    alongside: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Write *view* at volume byte *offset* of mirrored volume *vio* (module docstring).
+
+        *alongside* (the write guard's checksum entries) runs concurrently
+        with the legs' writes, inside the region gate, once the regions'
+        bits are durable: a resync holding a region never copies between a
+        write's entries and its data, and a crash never leaves entries of
+        bytes that are not on a leg in a region whose bit is clear.
+        """
         core = self.core
         pieces = vio.vmap.resolve(offset, len(view))
         marks, keys, skipped = self._regions(pieces)
@@ -83,7 +91,12 @@ class MirroredWrites:
         done = False
         try:
             lost = await self._mark(marks, ahead=0 if skipped else MARK_AHEAD)
-            failed = await self._write_legs(pieces, offset, view)
+            if alongside is None:
+                failed = await self._write_legs(pieces, offset, view)
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(alongside)
+                    failed = await self._write_legs(pieces, offset, view)
             done = True
         finally:
             wseq, devices = core.gate.wseq, core.devices
