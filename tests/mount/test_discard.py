@@ -174,8 +174,7 @@ def test_fstrim_on_ext4_over_a_loop_device_gives_space_back(tmp_path: Path) -> N
             run("mkfs.ext4", "-q", "-E", "nodiscard", dev)
             with fs_mounted(dev, tmp_path / "mnt") as where:
                 with open(where / "big", "wb") as f:
-                    for _ in range(64):
-                        f.write(os.urandom(MiB))
+                    f.writelines(os.urandom(MiB) for _ in range(64))
                     os.fsync(f.fileno())
                 os.sync()
                 full = _allocated(pool)
@@ -187,3 +186,25 @@ def test_fstrim_on_ext4_over_a_loop_device_gives_space_back(tmp_path: Path) -> N
             trimmed = _allocated(pool)
             run("e2fsck", "-f", "-n", dev)
     assert full - trimmed >= 48 * MiB, (full, trimmed)
+
+
+def test_fallocate_during_a_move_reaches_the_destination(fresh_pool: TestPool) -> None:
+    """Ranges the move has copied already and ranges it has not: zeros after the switch."""
+    from .test_move import _wait_done, _wait_progress
+
+    pool = fresh_pool
+    pool.create_volume("v", 64 * MiB, on=[("d0", None)])
+    with mounted(pool):
+        path = pool.volume_path("v")
+        data = _fill(path, 64 * MiB, seed=11)
+        pool.vv("volume", "move", "tank/v", "--to", "d1", "--rate", "16M")
+        _wait_progress(pool, "copied", 1)
+        punch = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+        assert fallocate(path, punch, 0, 2 * MiB) == 0  # copied already
+        assert fallocate(path, punch, 60 * MiB, 2 * MiB) == 0  # not yet
+        _wait_done(pool)
+        got = _read(path)
+    want = bytearray(data)
+    want[0:2 * MiB] = bytes(2 * MiB)
+    want[60 * MiB:62 * MiB] = bytes(2 * MiB)
+    assert got == bytes(want)
