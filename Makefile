@@ -12,14 +12,16 @@ DEMO_DIR ?= $(CURDIR)/demo
 
 # Debian packages the product, the demo and the tests use (program -> package).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config fio e2fsprogs xfsprogs btrfs-progs \
-                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv postgresql-15
+                gdisk fdisk util-linux mdadm lvm2 kmod groff-base python3-venv postgresql-15 \
+                gcc python3-dev patch
 # (the tests start a PostgreSQL server of their own for the shared catalog:
 # initdb and pg_ctl, which Debian keeps off $PATH)
 DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fsprogs \
                 mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs sgdisk:gdisk sfdisk:fdisk wipefs:util-linux mdadm:mdadm groff:groff-base \
-                pvcreate:lvm2 /usr/lib/postgresql/15/bin/initdb:postgresql-15
+                pvcreate:lvm2 /usr/lib/postgresql/15/bin/initdb:postgresql-15 \
+                gcc:gcc patch:patch
 
-.PHONY: all deps venv mount-helper test test-fast demo demo-stop bench lint clean
+.PHONY: all deps venv pyfuse3 mount-helper test test-fast demo demo-stop bench lint clean
 
 all: venv
 	@$(MAKE) --no-print-directory mount-helper
@@ -32,6 +34,8 @@ deps:
 	done; \
 	pkg-config --exists fuse3 2>/dev/null || missing="$$missing libfuse3-dev"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/Python.h")' \
+	  2>/dev/null || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "make deps: run as root to install$$missing" >&2; exit 1; fi; \
@@ -39,7 +43,29 @@ deps:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(STAMP): setup.cfg pyproject.toml | deps
+# pyfuse3 with a fallocate handler (tools/patches/pyfuse3-fallocate.patch):
+# the release has none, and without it a loop device over a volume file can
+# neither discard nor write zeroes.  Built from the release's sdist, patched.
+PYFUSE3_VERSION := 3.5.0
+PYFUSE3_PATCH := tools/patches/pyfuse3-fallocate.patch
+PYFUSE3_STAMP := $(VENV)/.pyfuse3-fallocate
+PYFUSE3_BUILD := build/pyfuse3
+
+$(PYFUSE3_STAMP): $(PYFUSE3_PATCH) | deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(PYFUSE3_BUILD) \
+	  pyfuse3==$(PYFUSE3_VERSION)
+	tar -xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_BUILD)
+	patch -s -p1 -d $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION) < $(PYFUSE3_PATCH)
+	$(PY) -m pip install -q --force-reinstall --no-deps $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION)
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.Operations, "fallocate")'
+	touch $@
+
+pyfuse3: $(PYFUSE3_STAMP)
+
+$(STAMP): setup.cfg pyproject.toml $(PYFUSE3_STAMP) | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test]'
@@ -112,4 +138,4 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(PYFUSE3_BUILD) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache

@@ -15,10 +15,11 @@ from .alloc import (
     class_usage,
     free_runs,
     fresh_mirror_runs,
+    fresh_runs,
     usage,
     used_by,
 )
-from .layout import Loc, Piece, ResolveError, VolumeMap
+from .layout import Loc, Piece, ResolveError, Span, VolumeMap, regrown_spans
 from .namespace import visible, visible_volumes
 from .placement import (
     FITS,
@@ -44,6 +45,7 @@ __all__ = [
     "PlacementError",
     "ResolveError",
     "SizeError",
+    "Span",
     "VolumeMap",
     "VolumeSpec",
     "add_device",
@@ -52,8 +54,10 @@ __all__ = [
     "create_volumes",
     "free_runs",
     "fresh_mirror_runs",
+    "fresh_runs",
     "human_size",
     "parse_size",
+    "regrown_spans",
     "remove_device",
     "remove_volume",
     "rename_volume",

@@ -17,7 +17,7 @@ from typing import NamedTuple
 from metadata.model import DeviceUUID, Pool, reserved_runs
 
 __all__ = ["ClassUsage", "DeviceUsage", "class_usage", "free_runs", "fresh_mirror_runs",
-           "usage", "used_by"]
+           "fresh_runs", "usage", "used_by"]
 
 Run = tuple[int, int]  # (first physical extent, count)
 
@@ -100,21 +100,23 @@ def _subtract(runs: list[Run], minus: list[Run]) -> list[Run]:
     return out
 
 
-def fresh_mirror_runs(old: Pool, new: Pool) -> dict[DeviceUUID, list[Run]]:
-    """Extents that mirrored segments of *new* use and that nothing of *old* used.
+def fresh_runs(old: Pool, new: Pool, *, mirrored_only: bool = False
+               ) -> dict[DeviceUUID, list[Run]]:
+    """Extents that segments of *new* use and that nothing of *old* used.
 
     Per device, sorted disjoint ``(first extent, count)`` runs: the areas of
-    every segment of *new* with two legs or more, less every area and
-    reserved run of *old*.  These extents hold whatever the device held
-    before, different on each leg, so they are zeroed before *new* is
-    committed.  A move's destination (reserved in *old*, filled by the move's
-    copy) is never fresh.  Devices without fresh extents are left out.
+    every segment of *new* (only those with two legs or more if
+    *mirrored_only*), less every area and reserved run of *old*.  These
+    extents hold whatever the device held before -- an earlier volume's
+    data, different bytes on each leg -- so they are zeroed before *new* is
+    committed.  A move's destination (reserved in *old*, filled by the
+    move's copy) is never fresh.  Devices without fresh extents are left out.
     """
     limits = {d.uuid: d.extent_count for d in new.devices}
     raw: dict[DeviceUUID, list[Run]] = {}
     for v in new.volumes:
         for s in v.segments:
-            if len(s.areas) < 2:
+            if mirrored_only and len(s.areas) < 2:
                 continue
             for leg in s.areas:
                 for a in leg:
@@ -126,6 +128,11 @@ def fresh_mirror_runs(old: Pool, new: Pool) -> dict[DeviceUUID, list[Run]]:
         if fresh:
             out[dev] = fresh
     return out
+
+
+def fresh_mirror_runs(old: Pool, new: Pool) -> dict[DeviceUUID, list[Run]]:
+    """:func:`fresh_runs` of the mirrored segments only (their checksum entries are set)."""
+    return fresh_runs(old, new, mirrored_only=True)
 
 
 def free_runs(pool: Pool) -> dict[DeviceUUID, list[Run]]:

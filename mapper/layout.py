@@ -188,3 +188,38 @@ def _extends(last: Piece, legs: tuple[Loc, ...], last_linear: bool) -> bool:
         if a.device != b.device or a.offset + last.length != b.offset:
             return False
     return True
+
+
+class Span(NamedTuple):
+    """Device bytes of one leg: ``length`` bytes from ``offset`` of ``device``."""
+
+    device: DeviceUUID
+    offset: int
+    length: int
+    mirrored: bool  #: the volume has two legs or more (its blocks keep checksums)
+
+
+def regrown_spans(old: Pool, new: Pool) -> list[Span]:
+    """Device bytes that a volume grown in *new* maps again from extents it kept.
+
+    Shrinking keeps the last extent (stripe row) of a volume whole, so the
+    bytes past the new end still hold what was written there; growing the
+    volume again brings them back inside it.  For every volume of both
+    pools (by uuid) that *new* makes larger, these are the legs' device
+    bytes of volume bytes ``[old size, min(new size, old mapped end))``
+    -- never fresh extents (:func:`mapper.alloc.fresh_runs` has those).
+    In volume order; empty when nothing was regrown.
+    """
+    before = {v.uuid: v for v in old.volumes}
+    out: list[Span] = []
+    for v in new.volumes:
+        was = before.get(v.uuid)
+        if was is None or v.size <= was.size:
+            continue
+        mapped = sum(s.length for s in was.segments) * old.extent_size
+        end = min(v.size, mapped)
+        if end <= was.size:
+            continue
+        for p in VolumeMap(new, v).resolve(was.size, end - was.size):
+            out.extend(Span(loc.device, loc.offset, p.length, v.mirrors > 1) for loc in p.legs)
+    return out

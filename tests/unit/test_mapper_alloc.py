@@ -21,6 +21,8 @@ from mapper import (
     create_volume,
     free_runs,
     fresh_mirror_runs,
+    fresh_runs,
+    regrown_spans,
     remove_volume,
     resize_volume,
     usage,
@@ -267,15 +269,15 @@ def test_free_runs_scale_to_ten_thousand_volumes() -> None:
     assert sum(n for r in runs.values() for _, n in r) == 16 * 1_000_000 - 10_000 * 2 * 3
 
 
-# -- fresh extents of mirrored volumes (zeroed before a commit) ----------------------
+# -- fresh extents of new volumes (zeroed before a commit) ----------------------------
 
 
-def mirrored_extents(pool: Pool) -> dict[str, set[int]]:
-    """Every physical extent of a segment with two legs or more, per device (brute force)."""
+def mirrored_extents(pool: Pool, min_legs: int = 2) -> dict[str, set[int]]:
+    """Every physical extent of a segment with *min_legs* legs or more, per device (brute force)."""
     out: dict[str, set[int]] = {}
     for v in pool.volumes:
         for s in v.segments:
-            if len(s.areas) >= 2:
+            if len(s.areas) >= min_legs:
                 for leg in s.areas:
                     for a in leg:
                         out.setdefault(a.device, set()).update(
@@ -306,6 +308,64 @@ def test_fresh_mirror_runs_are_the_new_mirrored_extents_nothing_used_before(
     for runs in fresh.values():
         assert runs == sorted(runs) and all(n > 0 for _s, n in runs)
         assert all(a + n < b for (a, n), (b, _m) in itertools.pairwise(runs))  # merged
+
+
+@SETTINGS
+@given(pools(), ops)
+def test_fresh_runs_are_the_new_extents_of_every_layout_nothing_used_before(
+        pool: Pool, more: list[tuple[Any, ...]]) -> None:
+    new = pool
+    for i, op in enumerate(more, start=100):
+        try:
+            new = apply(new, i, op)
+        except PlacementError:
+            pass
+    before = {dev: set(x) for dev, x in used_extents(pool).items()}
+    want = {dev: xs - before.get(dev, set()) for dev, xs in mirrored_extents(new, 1).items()}
+    assert expand(fresh_runs(pool, new)) == {dev: xs for dev, xs in want.items() if xs}
+
+
+def test_a_new_linear_volume_on_a_removed_ones_extents_is_fresh() -> None:
+    pool = make_pool(make_device(0, 10))
+    old = create_volume(pool, VolumeSpec(name="old", size=3 * E))
+    gone = remove_volume(old, "old")
+    new = create_volume(gone, VolumeSpec(name="new", size=2 * E))
+    assert fresh_runs(gone, new) == {DeviceUUID("dev-0"): [(0, 2)]}
+    assert fresh_mirror_runs(gone, new) == {}
+
+
+def test_a_new_striped_volume_is_fresh_on_every_column() -> None:
+    pool = make_pool(make_device(0, 10), make_device(1, 10))
+    new = create_volume(pool, VolumeSpec(name="s", size=4 * E, stripes=2, stripe_size=4096))
+    assert fresh_runs(pool, new) == {DeviceUUID("dev-0"): [(0, 2)],
+                                     DeviceUUID("dev-1"): [(0, 2)]}
+
+
+def test_growing_a_shrunk_volume_regrows_the_bytes_it_kept() -> None:
+    """Shrinking to 1.5 extents keeps 2; growing back maps bytes 1.5E..2E again."""
+    pool = make_pool(make_device(0, 10))
+    pool = create_volume(pool, VolumeSpec(name="l", size=4 * E))
+    shrunk = resize_volume(pool, "l", 3 * E // 2, allow_shrink=True)
+    grown = resize_volume(shrunk, "l", 3 * E)
+    assert regrown_spans(shrunk, grown) == [(DeviceUUID("dev-0"), 4096 + 3 * E // 2, E // 2,
+                                             False)]
+    assert fresh_runs(shrunk, grown) == {DeviceUUID("dev-0"): [(2, 1)]}
+
+
+def test_growing_a_mirror_regrows_every_leg() -> None:
+    pool = make_pool(make_device(0, 10), make_device(1, 10))
+    pool = create_volume(pool, VolumeSpec(name="m", size=2 * E, mirrors=2))
+    shrunk = resize_volume(pool, "m", E + 4096, allow_shrink=True)
+    spans = regrown_spans(shrunk, resize_volume(shrunk, "m", 2 * E))
+    assert sorted(spans) == [(DeviceUUID(f"dev-{i}"), 4096 + E + 4096, E - 4096, True)
+                             for i in range(2)]
+
+
+def test_growing_a_volume_never_shrunk_regrows_nothing() -> None:
+    pool = make_pool(make_device(0, 10))
+    pool = create_volume(pool, VolumeSpec(name="l", size=2 * E))
+    assert regrown_spans(pool, resize_volume(pool, "l", 5 * E)) == []
+    assert regrown_spans(pool, create_volume(pool, VolumeSpec(name="n", size=E))) == []
 
 
 def test_a_new_mirrored_volume_is_fresh_on_every_leg() -> None:

@@ -8,8 +8,9 @@ needs of them comes in through these Protocols, given to the constructor of
 
 * :class:`HostPort` -- the node's mount: which volumes are open, and what to
   apply once a call has committed.
-* :class:`JobsPort` -- the node's background work: moves, scrubs, and the
-  checksum store that new mirror extents are filled through.
+* :class:`JobsPort` -- the node's background work: moves, scrubs, the
+  devices that new extents are zeroed through and the checksum store that
+  new mirror extents are filled through.
 * :class:`MirrorsPort` -- the node's mirror service: devices failed or busy
   in the data path, failing one now, marking ranges dirty, resyncs, the
   live state of paths.
@@ -91,6 +92,10 @@ class JobsPort(Protocol):
 
     def fill_checksums(self, pool_uuid: str, todo: list[Blocks], value: int) -> list[Blocks]:
         """Set the entries of *todo* to *value* in the node's store; return what it does not cover."""
+        ...
+
+    def zero_ranges(self, pool_uuid: str, ranges: list[Range]) -> list[Range]:
+        """Zero *ranges* through the node's open devices and flush them; return the others."""
         ...
 
 

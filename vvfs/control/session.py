@@ -310,13 +310,14 @@ class PoolSession:
         return new
 
     def commit_zeroed(self, op: OpenPool, new: Pool) -> Pool:
-        """Commit *new* after zeroing the extents it gives mirrored volumes afresh.
+        """Commit *new* after zeroing the extents it gives volumes afresh.
 
-        So the legs of a new mirror (or of a mirror's new part) agree from
-        the start; see :mod:`vvfs.control.zeroing`.  For placements, not for
-        moves or replacements, whose new extents are filled by a copy.
+        So a new or grown volume of any layout reads zeros where it was
+        never written, and the legs of a mirror agree from the start; see
+        :mod:`vvfs.control.zeroing`.  For placements, not for moves or
+        replacements, whose new extents are filled by a copy.
         """
-        zeroing.zero_fresh_legs(op, new, self.ports.jobs)
+        zeroing.zero_fresh(op, new, self.ports.jobs)
         return self.commit(op, new)
 
 

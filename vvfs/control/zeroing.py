@@ -1,29 +1,34 @@
-"""The legs of a new mirror agree from the start: fresh extents are zeroed first.
+"""A new or grown volume reads zeros: fresh extents are zeroed before the commit.
 
 Why
 ---
-Extents that a configuration newly gives to a mirrored volume (``vv volume
-create --mirrors N``, a batch create, growing such a volume) hold whatever
-their devices held before -- an old volume's data, or a device that was
-never zero -- and different bytes on each leg.  Left so, a balanced read of a
-never-written block could answer differently from one read to the next, and
-a scrub would report every such block as a data mismatch.  md and LVM raid1
-copy one leg over the others (an initial sync); vvfs zeroes every leg
-instead, which costs next to nothing: a hole punched in a file,
-``BLKZEROOUT`` on a block device (:meth:`vvfs.io.filedev.FileDevice.zero`).
+Extents that a configuration newly gives to a volume (``vv volume create``,
+a batch create, growing a volume) hold whatever their devices held before:
+a removed volume's data, or a device that was never zero.  Left so, a new
+volume would show another volume's bytes -- the worst leak a volume
+manager can have -- and the legs of a new mirror would differ, so that a
+balanced read of a never-written block could answer differently from one
+read to the next.  ZFS zvols and Ceph images read zeros where they were
+never written; vvfs zeroes every fresh extent of every layout (linear,
+striped, mirrored, every leg), which costs next to nothing on most
+devices: a hole punched in a file, WRITE_ZEROES on a block device
+(:func:`vvfs.io.filedev.zero_fd`, the table of ways there).  md and LVM
+raid1 copy one leg over the others instead (an initial sync).
 
-Linear and striped volumes are not zeroed (as in LVM): a single copy has
-nothing to disagree with and keeps no checksums, and zeroing would make
-reads of never-written blocks no more right than they are.
+Growing a volume that was shrunk brings back bytes it kept: shrinking keeps
+the last extent (stripe row) whole, and the bytes past the new end still
+hold what was written there.  Those (:func:`mapper.regrown_spans`) are
+zeroed with the fresh extents.
 
-What, in which order (``Manager._commit_zeroed``)
--------------------------------------------------
-1. :func:`mapper.fresh_mirror_runs`: per device, the extents of the new
-   configuration's mirrored segments that the old configuration neither
-   mapped nor reserved (a move's destination, which the move fills, is
-   never fresh; moves and device replacements copy, and are not zeroed);
-2. every leg's fresh extents are zeroed;
-3. the checksum entries of their blocks are set to :data:`ZERO_CRC`;
+What, in which order (``PoolSession.commit_zeroed``)
+----------------------------------------------------
+1. :func:`mapper.fresh_runs`: per device, the extents of the new
+   configuration that the old one neither mapped nor reserved (a move's
+   destination, which the move fills, is never fresh; moves and device
+   replacements copy, and are not zeroed), and the regrown spans;
+2. all of them are zeroed, on every leg;
+3. the checksum entries of the blocks of mirrored volumes among them are
+   set to :data:`ZERO_CRC`;
 4. those devices are flushed;
 5. only then is the configuration committed.
 
@@ -31,7 +36,7 @@ Entries: ZERO_CRC, not 0
 ------------------------
 Both keep a scrub silent over never-written blocks: every leg holds zeros,
 and an entry of 0 says "no checksum" while one of ZERO_CRC matches the data
-(``vvfs.node.scrub.judge``, rule 1).  ZERO_CRC is chosen because it treats a
+(``vvfs.data.checksums.judge``, rule 1).  ZERO_CRC is chosen because it treats a
 never-written block like a written one: a later bit flip in one leg of it is
 found and repaired from the leg that still matches the entry (rule 2),
 where with 0 no leg would match and scrub would take leg 0, flipped or not.
@@ -40,22 +45,31 @@ It is right across a crash because nothing names these blocks until step
 entry says ZERO_CRC only of a block that is zero on every leg.  A write after
 the commit replaces data and entries like any other write, under the same
 crash rules (man/vvfs.5, BLOCK CHECKSUMS).  Its cost: the entries are
-written rather than punched, 1 MiB per GiB of each leg.
+written rather than punched, 1 MiB per GiB of each leg.  Volumes with one
+copy keep no checksums; their entries are not touched.
 
 Across a crash
 --------------
-Until step 5 the fresh extents are free in the configuration on media, so a
-crash anywhere in steps 2 to 4 leaves a pool that never maps them, whatever
-mix of old bytes, zeros and entries it leaves there; the next allocation
-zeroes them again.
+Until step 5 the fresh extents are free in the configuration on media (and
+regrown spans lie past the volume's end), so a crash anywhere in steps 2 to
+4 leaves a pool that never shows them, whatever mix of old bytes, zeros and
+entries it leaves there; the next allocation zeroes them again.
 
 In a node
 ---------
-The fresh extents are free in the node's live configuration too, so nothing
-in its data path reads or writes them: the data is zeroed through the
-Manager's own descriptor (the kernel drops cached pages of the range).  The
-entries are another matter: one 4 KiB page of entries covers 4 MiB of data,
-often shared with blocks in use, and the node's :class:`ChecksumStore`
+The fresh extents are free in the node's live configuration and regrown
+spans lie past the end of their volume, so nothing in its data path reads
+or writes them.  The zeroing still goes through the node's own open
+devices (``JobsPort.zero_ranges``: :meth:`vvfs.io.devio.DataDevice.zero`
+on the path it serves the device by, then a flush), not through the
+Manager's descriptors: the kernel drops the cached pages of the range of
+the file or block device it is done on, and the node may reach a device
+by another path (a second loop device, a multipath leg) whose page cache
+would otherwise keep the old bytes.  Only devices the node does not have
+open are zeroed here directly.
+
+The entries are another matter: one 4 KiB page of entries covers 4 MiB of
+data, often shared with blocks in use, and the node's :class:`ChecksumStore`
 keeps pages in memory and writes whole pages back, so an entry changed
 behind its back would be overwritten with the stale cached value at the
 next write to a neighbouring block.  In a node the entries are therefore set
@@ -82,7 +96,7 @@ from vvfs.errors import RefusedError
 from vvfs.io.filedev import zero_range
 
 if TYPE_CHECKING:
-    from vvfs.control.ports import Blocks, JobsPort
+    from vvfs.control.ports import Blocks, JobsPort, Range
     from vvfs.control.session import OpenPool
 
 log = logging.getLogger(__name__)
@@ -94,23 +108,43 @@ ENTRIES_PER_WRITE = 1 << 18
 Fresh = tuple[DeviceUUID, int, int]
 
 
-def fresh_ranges(old: Pool, new: Pool) -> list[Fresh]:
-    """The byte ranges of the extents that *new* gives mirrored segments afresh."""
+def fresh_ranges(old: Pool, new: Pool, *, mirrored_only: bool = False) -> list[Fresh]:
+    """The byte ranges of the extents that *new* gives volumes afresh (step 1)."""
     devs = {d.uuid: d for d in new.devices}
     esize = new.extent_size
     return [(dev, devs[dev].data_start + start * esize, count * esize)
-            for dev, runs in mapper.fresh_mirror_runs(old, new).items()
+            for dev, runs in mapper.fresh_runs(old, new, mirrored_only=mirrored_only).items()
             for start, count in runs]
 
 
-def zero_fresh_legs(op: OpenPool, new: Pool, jobs: JobsPort | None) -> None:
+def to_zero(old: Pool, new: Pool) -> tuple[list[Fresh], list[Blocks]]:
+    """(device ranges to zero, checksum entries to set) for committing *new* over *old*."""
+    regrown = mapper.regrown_spans(old, new)
+    data = fresh_ranges(old, new) + [(s.device, s.offset, s.length) for s in regrown]
+    mirrored = fresh_ranges(old, new, mirrored_only=True) + [
+        (s.device, s.offset, s.length) for s in regrown if s.mirrored]
+    geo = {d.uuid: d for d in new.devices}
+    entries: list[Blocks] = []
+    for dev, off, n in mirrored:
+        d = geo[dev]
+        if d.csum_extents <= 0:
+            continue
+        first = d.data_start + -(-(off - d.data_start) // BLOCK) * BLOCK  # whole blocks only
+        blocks = (off + n - first) // BLOCK
+        if blocks > 0:
+            entries.append((dev, first, blocks))
+    return data, entries
+
+
+def zero_fresh(op: OpenPool, new: Pool, jobs: JobsPort | None) -> None:
     """Steps 2 to 4 of the module docstring for *new* against ``op.pool``.
 
-    *jobs* is the node's, whose checksum store sets the entries it covers;
-    None offline.  Raises ``RefusedError`` if a device with fresh extents is not open, and
-    DeviceIOError if one cannot be zeroed; the commit is then not made.
+    *jobs* is the node's: its devices zero what it serves and its checksum
+    store sets the entries it covers; None offline.  Raises ``RefusedError``
+    if a device with fresh extents is not open, and DeviceIOError if one
+    cannot be zeroed; the commit is then not made.
     """
-    ranges = fresh_ranges(op.pool, new)
+    ranges, entries = to_zero(op.pool, new)
     if not ranges:
         return
     started = time.monotonic()
@@ -120,25 +154,28 @@ def zero_fresh_legs(op: OpenPool, new: Pool, jobs: JobsPort | None) -> None:
     if absent:
         raise RefusedError(f"pool {new.name}: devices {', '.join(absent)} are not open;"
                            " their new extents cannot be zeroed")
+    left: list[Range] = list(ranges)
+    if jobs is not None:
+        left = jobs.zero_ranges(new.uuid, left)
     ways: Counter[str] = Counter()
-    for dev, off, n in ranges:
-        ways[zero_range(devs[dev], off, n)] += n
-    _set_entries(new, ranges, devs, jobs)
+    for dev, off, n in left:
+        ways[zero_range(devs[DeviceUUID(dev)], off, n)] += n
+    _set_entries(new, entries, devs, jobs)
     touched = {dev for dev, _off, _n in ranges}
     for dev in touched:
         devs[dev].flush()
-    log.info("pool %s: zeroed %d bytes of new mirror legs on %d devices (%s) in %.3f s",
-             new.name, sum(ways.values()), len(touched),
-             ", ".join(f"{how} {n}" for how, n in sorted(ways.items())),
+    by_node = sum(n for _d, _o, n in ranges) - sum(ways.values())
+    log.info("pool %s: zeroed %d bytes of new extents on %d devices (%s) in %.3f s",
+             new.name, sum(n for _d, _o, n in ranges), len(touched),
+             ", ".join([f"{how} {n}" for how, n in sorted(ways.items())]
+                       + ([f"by the node {by_node}"] if by_node else [])),
              time.monotonic() - started)
 
 
-def _set_entries(pool: Pool, ranges: list[Fresh], devs: Mapping[DeviceUUID, BlockDevice],
+def _set_entries(pool: Pool, todo: list[Blocks], devs: Mapping[DeviceUUID, BlockDevice],
                  jobs: JobsPort | None) -> None:
-    """Set the checksum entries of *ranges* to ZERO_CRC: in the node's store, else directly."""
+    """Set the checksum entries of *todo* to ZERO_CRC: in the node's store, else directly."""
     geo = {d.uuid: d for d in pool.devices}
-    todo: list[Blocks] = [(dev, off, n // BLOCK) for dev, off, n in ranges
-                          if geo[dev].csum_extents > 0]
     if jobs is not None and todo:
         todo = jobs.fill_checksums(pool.uuid, todo, ZERO_CRC)
     for dev, off, blocks in todo:

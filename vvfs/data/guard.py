@@ -26,6 +26,11 @@ untouched):
   copied or not -- a temporary mirror.  A failing shadow write fails the
   move, not the host's write.
 
+* **zeroing** (:meth:`PoolGuard.zero`, fallocate of a volume with one
+  copy): holds its range like a write and zeroes with the devices'
+  primitive, unless a move is recorded for the volume -- then the caller
+  writes zeros through the write entry, so the destination gets them too.
+
 Concurrency (trio thread; statements between two awaits are atomic):
 
 * a write enters the guard once, from ``VolumeIO.write``; the guard's own
@@ -280,6 +285,29 @@ class PoolGuard:
         async with lock.exclusive(start, end):
             await self._verify_edges(vio, offset, length, start, end, size)
             return await self._guarded(vio, offset, view, csum, True, start, end, size)
+
+    async def zero(self, vio: object, offset: int, length: int, keep_allocation: bool) -> bool:
+        """Zero volume bytes of a volume with one copy with the devices' primitive.
+
+        Called by ``vio.zero``; holds the range like a write (ordered after
+        overlapping writes in flight, so an exclusive holder waits for it)
+        and calls ``vio.zero_unguarded``.  Returns False, having done
+        nothing, when a move is recorded for the volume: its second copy
+        needs the zeros as data, so the caller writes them through the
+        write entry instead.
+        """
+        start, end = offset - offset % BLOCK, -(-(offset + length) // BLOCK) * BLOCK
+        lock = self.lock(vio.uuid)  # type: ignore[attr-defined]
+        tok = await lock.enter_writing(start, end, ordered=True)
+        try:
+            moving = self.move
+            if moving is not None and vio.uuid in moving.volumes:  # type: ignore[attr-defined]
+                return False
+            await vio.zero_unguarded(offset, length,  # type: ignore[attr-defined]
+                                     keep_allocation=keep_allocation)
+            return True
+        finally:
+            lock.leave_writing(tok)
 
     async def _verify_edges(self, vio: object, offset: int, length: int, start: int, end: int,
                             size: int) -> None:

@@ -36,6 +36,11 @@ the guard's):
   completed.  A failure of any call fails the whole request
   (``DeviceIOError``, EIO at the FUSE boundary); the other calls are still
   waited for, so no call is left running behind a reply.
+* **zero** (fallocate PUNCH_HOLE / ZERO_RANGE, :meth:`VolumeIO.zero`): a
+  volume with one copy is zeroed piece by piece with each device's fast
+  primitive, inside the guard's range lock; a mirrored or moving volume
+  gets zeros written through the write entry (dirty log, checksums, the
+  move's second copy).
 * **flush**: every device the volume maps is flushed concurrently; a device
   with no write completed since its last flush returns at once (see
   ``vvfs.io.devio``).  So a flush covers every write that completed before it.
@@ -53,7 +58,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +79,8 @@ log = logging.getLogger(__name__)
 
 
 Job = Callable[[], Awaitable[None]]
+#: Bytes of zeros per write when a volume's zeroing goes through the write path.
+ZERO_WRITE = 1 << 20
 
 
 @dataclass
@@ -92,6 +100,9 @@ class VolumeStats:
     flushes: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    #: fallocate calls (:meth:`VolumeIO.zero`) and the bytes they zeroed
+    zeroes: int = 0
+    bytes_zeroed: int = 0
     errors: int = 0
 
 
@@ -232,6 +243,67 @@ class VolumeIO:
         self.stats.bytes_written += length
         return length
 
+    async def zero(self, offset: int, length: int, *, keep_allocation: bool = False) -> int:
+        """Make volume bytes ``[offset, offset+length)`` read as zeros; return how many.
+
+        The FUSE fallocate entry (PUNCH_HOLE, ZERO_RANGE): cut at the end of
+        the volume.  A volume with one copy and no move in progress is
+        zeroed with each device's fast primitive
+        (:meth:`~vvfs.io.devio.DataDevice.zero`; *keep_allocation* as
+        there) by :meth:`zero_unguarded`, inside the guard's range lock when
+        there is a guard (``PoolGuard.zero``).  A mirrored or moving volume
+        gets zeros written through :meth:`write`, the one write entry, so
+        that its dirty log, block checksums and a move's second copy stay
+        right (``ZERO_WRITE`` bytes at a time).  Durable after :meth:`flush`.
+        """
+        length = max(0, min(length, self.size - offset))
+        if not length:
+            return 0
+        fast = not self._mirrored and self.vmap.mirrors < 2
+        if fast and self.guard is not None:
+            fast = await self.guard.zero(self, offset, length, keep_allocation)
+        elif fast:
+            await self.zero_unguarded(offset, length, keep_allocation=keep_allocation)
+        if not fast:
+            zeros = memoryview(bytes(min(ZERO_WRITE, length)))
+            for pos in range(offset, offset + length, len(zeros)):
+                await self.write(pos, zeros[:min(len(zeros), offset + length - pos)])
+        self.stats.zeroes += 1
+        self.stats.bytes_zeroed += length
+        return length
+
+    async def zero_unguarded(self, offset: int, length: int, *,
+                             keep_allocation: bool = False) -> None:
+        """:meth:`zero` of a volume with one copy, without the guard: the device calls.
+
+        Called by :meth:`zero` without a guard and by ``PoolGuard.zero``
+        once it holds the range.  Pieces that continue each other on one
+        device (a stripe column, linear segments) are one call; the calls
+        run concurrently.
+        """
+        calls: list[list[Any]] = []  # [device, offset, length]
+        last: dict[DeviceUUID, list[Any]] = {}
+        for p in self.vmap.resolve(offset, length):
+            for loc in p.legs:
+                call = last.get(loc.device)
+                if call is not None and call[1] + call[2] == loc.offset:
+                    call[2] += p.length
+                else:
+                    last[loc.device] = call = [loc.device, loc.offset, p.length]
+                    calls.append(call)
+        jobs: list[Job] = []
+        for dev_uuid, off, n in calls:
+            dev = self.devices.get(dev_uuid)
+            if dev is None:
+                self.stats.errors += 1
+                raise DeviceIOError(dev_uuid, off, "device is missing")
+            jobs.append(functools.partial(_zero_call, dev, off, n, keep_allocation))
+        try:
+            await _gather(jobs)
+        except DeviceIOError:
+            self.stats.errors += 1
+            raise
+
     async def flush(self) -> None:
         """Flush every device of the volume concurrently (see module docstring)."""
         if self._mirrored:
@@ -259,7 +331,8 @@ class VolumeIO:
         s = self.stats
         return {"name": self.name, "uuid": self.uuid, "size": self.size,
                 "reads": s.reads, "writes": s.writes, "bytes_read": s.bytes_read,
-                "bytes_written": s.bytes_written, "flushes": s.flushes, "errors": s.errors,
+                "bytes_written": s.bytes_written, "zeroes": s.zeroes,
+                "bytes_zeroed": s.bytes_zeroed, "flushes": s.flushes, "errors": s.errors,
                 "open": len(self.handles), "pids": sorted(set(self.handles.values()))}
 
     # -- internals --------------------------------------------------------------
@@ -309,6 +382,10 @@ class VolumeIO:
         except DeviceIOError:
             self.stats.errors += 1
             raise
+
+
+async def _zero_call(dev: DataDevice, offset: int, length: int, keep_allocation: bool) -> None:
+    await dev.zero(offset, length, keep_allocation=keep_allocation)
 
 
 def _leg(leg: int, piece: Piece) -> Loc:
@@ -445,6 +522,32 @@ class PoolIO:
     async def flush(self) -> None:
         """Flush every open device of the pool concurrently."""
         await _gather([dev.flush for dev in self.devices.values()])
+
+    async def zero_ranges(self, ranges: Sequence[tuple[str, int, int]]
+                          ) -> list[tuple[str, int, int]]:
+        """Zero device byte ranges ``(device, offset, length)`` and flush those devices.
+
+        For management (new extents, :mod:`vvfs.control.zeroing`): ranges
+        that no volume of the live configuration maps, so no request of the
+        data path touches them meanwhile.  Each goes to its open
+        :class:`~vvfs.io.devio.DataDevice` (:meth:`~vvfs.io.devio.DataDevice.zero`,
+        the path the node reads it by), all concurrently; the ranges of
+        devices not open are returned untouched.  Raises the first
+        DeviceIOError once every call has ended.
+        """
+        mine = [r for r in ranges if r[0] in self.devices]
+        ways: Counter[str] = Counter()
+
+        async def one(dev: DataDevice, offset: int, length: int) -> None:
+            ways[await dev.zero(offset, length)] += length
+
+        await _gather([functools.partial(one, self.devices[DeviceUUID(d)], off, n)
+                       for d, off, n in mine])
+        await _gather([self.devices[DeviceUUID(d)].flush for d in {d for d, _o, _n in mine}])
+        if mine:
+            log.info("pool %s: zeroed %s of new extents", self.name,
+                     ", ".join(f"{how} {n}" for how, n in sorted(ways.items())))
+        return [r for r in ranges if r[0] not in self.devices]
 
 
 def _visible_change(old: Volume, new: Volume) -> bool:

@@ -87,6 +87,7 @@ import trio
 
 from metadata.blockdev import DeviceIOError
 from vvfs.io import hold, kaio
+from vvfs.io.filedev import zero_fd
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class DeviceStats:
     flushes_skipped: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    #: zeroing calls (:meth:`DataDevice.zero`) and the bytes they covered
+    zeroes: int = 0
+    bytes_zeroed: int = 0
     errors: int = 0
     in_flight: int = 0
 
@@ -327,6 +331,22 @@ class DataDevice:
         self.stats.writes += 1
         self.stats.bytes_written += total
 
+    async def zero(self, offset: int, length: int, *, keep_allocation: bool = False) -> str:
+        """Make *length* bytes at *offset* read as zeros with the device's fast primitive.
+
+        :func:`vvfs.io.filedev.zero_fd` on the active path's buffered
+        descriptor (a hole punched in a file, WRITE_ZEROES on a block
+        device; *keep_allocation* as there), in a worker thread with path
+        failover like any call.  The kernel drops the cached pages of the
+        range, and O_DIRECT calls see the zeros too.  Counted as a write, so
+        a later :meth:`flush` makes it durable.  Returns how it was done.
+        """
+        how = await self._run(self._zero_sync, offset, length, keep_allocation)
+        self.stats.zeroes += 1
+        self.stats.bytes_zeroed += max(length, 0)
+        self._completed_writes += 1
+        return how
+
     async def flush(self) -> None:
         """Return once every write completed before this call is on stable storage."""
         target = self._completed_writes
@@ -354,7 +374,8 @@ class DataDevice:
                 "paths": [{"path": p, "state": self.path_state[p]} for p in self.paths],
                 "reads": s.reads, "reads_nowait": s.reads_nowait, "kaio": s.kaio,
                 "writes": s.writes, "bytes_read": s.bytes_read,
-                "bytes_written": s.bytes_written, "flushes": s.flushes,
+                "bytes_written": s.bytes_written, "zeroes": s.zeroes,
+                "bytes_zeroed": s.bytes_zeroed, "flushes": s.flushes,
                 "flushes_skipped": s.flushes_skipped, "errors": s.errors,
                 "in_flight": s.in_flight, "dirty": self._completed_writes > self._durable_writes}
 
@@ -649,6 +670,10 @@ class DataDevice:
                 raise DeviceIOError(self.name, offset, "write made no progress", errno.EIO)
             offset += n
             bufs = _advance(bufs, n)
+
+    def _zero_sync(self, offset: int, length: int, keep_allocation: bool) -> str:
+        return zero_fd(self._fd, self.name, self.is_block, offset, length,
+                       keep_allocation=keep_allocation)
 
     def _flush_sync(self) -> None:
         try:

@@ -10,6 +10,10 @@ it: the node commits the new owner, group or mode to the pool's
 configuration (``vv volume set``, through :attr:`VolumeFS.change_attributes`)
 before it answers.  An owner, group or mode read from media that is not
 valid is shown as root-owned 0600 and logged (:func:`mapper.namespace.attributes`).
+fallocate PUNCH_HOLE and ZERO_RANGE zero a range of it (so a loop device over it
+passes discard and write-zeroes on); the handler needs a pyfuse3 that has it (the
+Makefile builds pyfuse3 with ``tools/patches/pyfuse3-fallocate.patch``), and
+:func:`check_fallocate` says at mount time when the installed one has not.
 
 Handlers are thin: they log at debug level, translate arguments, delegate to
 :mod:`vvfs.data.volio` and turn domain errors into ``FUSEError`` (only here).
@@ -64,6 +68,10 @@ DIR_MODE = stat.S_IFDIR | 0o755
 #: ``change_attributes(POOL/VOL, owner, group, mode)``: commit new values
 #: (``None``: unchanged) and make them live before returning; raises VVError.
 ChangeAttributes = Callable[[str, int | None, int | None, int | None], Awaitable[None]]
+# <linux/falloc.h>
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
 
 
 class VolumeFS(pyfuse3.Operations):
@@ -99,6 +107,7 @@ class VolumeFS(pyfuse3.Operations):
     def init(self) -> None:
         """The kernel's INIT has been answered: the mount is usable."""
         log.debug("FUSE session initialized")
+        check_fallocate()
         self._initialized.set()
 
     @property
@@ -325,6 +334,35 @@ class VolumeFS(pyfuse3.Operations):
         with _WRITE_ERRORS:  # guard or plain: VolumeIO.write decides
             return await self._handles[fh].write(off, buf)
 
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) of a volume file: zero a range, or allocate (a no-op).
+
+        ``PUNCH_HOLE|KEEP_SIZE`` (a loop device's discard) and ``ZERO_RANGE``
+        (its write-zeroes) zero the range on every layout
+        (:meth:`VolumeIO.zero`; ZERO_RANGE keeps the backing allocation).
+        Mode 0 allocates: a volume is always allocated, so only the size is
+        checked.  A volume's size changes only through ``vv volume resize``,
+        so a range past the end without KEEP_SIZE is EFBIG; other modes
+        (COLLAPSE_RANGE, INSERT_RANGE, UNSHARE_RANGE) are EOPNOTSUPP.
+        """
+        log.debug("fallocate fh %d mode %#x %d+%d", fh, mode, offset, length)
+        if self.readonly:
+            raise FUSEError(errno.EROFS)
+        vio = self._handles[fh]
+        keep = bool(mode & FALLOC_FL_KEEP_SIZE)
+        op = mode & ~FALLOC_FL_KEEP_SIZE
+        if op not in (0, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE) or (
+                op == FALLOC_FL_PUNCH_HOLE and not keep):
+            raise FUSEError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise FUSEError(errno.EINVAL)
+        if not keep and offset + length > vio.size:
+            raise FUSEError(errno.EFBIG)
+        if op == 0:
+            return
+        with _ZERO_ERRORS:
+            await vio.zero(offset, length, keep_allocation=op == FALLOC_FL_ZERO_RANGE)
+
     async def flush(self, fh: int) -> None:
         log.debug("flush fh %d", fh)  # close(): writes are already on the devices
 
@@ -489,6 +527,23 @@ def _describe(old: Volume, new: Volume) -> str:
     return ", ".join(parts) or "nothing visible"
 
 
+def check_fallocate() -> bool:
+    """Can this pyfuse3 pass fallocate on to :meth:`VolumeFS.fallocate`? Warn once if not.
+
+    Released pyfuse3 (3.5.0) has no fallocate handler: libfuse answers
+    ENOSYS, the kernel stops asking, and a loop device over a volume file
+    can neither discard nor write zeroes (the kernel logs "operation not
+    supported" and writes zeros itself).  ``make`` builds pyfuse3 with
+    ``tools/patches/pyfuse3-fallocate.patch``, which adds it.
+    """
+    if hasattr(pyfuse3.Operations, "fallocate"):
+        return True
+    log.warning("pyfuse3 %s has no fallocate handler: fallocate, discard and write-zeroes"
+                " of volume files will fail (build pyfuse3 with"
+                " tools/patches/pyfuse3-fallocate.patch: make venv)", pyfuse3.__version__)
+    return False
+
+
 class _Translate:
     """Turn volume I/O errors into FUSEError (the only place this happens).
 
@@ -514,4 +569,5 @@ class _Translate:
             raise FUSEError(errno.EIO) from None
 
 
-_READ_ERRORS, _WRITE_ERRORS, _FSYNC_ERRORS = (_Translate(w) for w in ("read", "write", "fsync"))
+_READ_ERRORS, _WRITE_ERRORS, _FSYNC_ERRORS, _ZERO_ERRORS = (
+    _Translate(w) for w in ("read", "write", "fsync", "fallocate"))

@@ -83,7 +83,7 @@ from mapper import move as moves
 from metadata.blockdev import DeviceIOError
 from metadata.errors import VVError
 from metadata.model import DeviceUUID, PoolUUID, VolumeUUID
-from vvfs.control.ports import Blocks
+from vvfs.control.ports import Blocks, Range
 from vvfs.data.checksums import BLOCK, ChecksumStore
 from vvfs.data.guard import MoveShadow, PoolGuard
 from vvfs.data.mirror import PoolMirror, is_failure
@@ -481,6 +481,15 @@ class Jobs:
             return todo
         return [(dev, off, blocks) for dev, off, blocks in todo
                 if not await guard.store.fill(dev, off, blocks, value)]
+
+    async def zero_ranges(self, pool_uuid: str, ranges: list[Range]) -> list[Range]:
+        """Zero device *ranges* through the pool's open devices (:meth:`PoolIO.zero_ranges`).
+
+        Returns the ranges of devices the node does not have open (all of
+        them for a pool it does not serve), for the caller to zero.
+        """
+        pio = self.node.pools.get(PoolUUID(pool_uuid))
+        return list(ranges) if pio is None else await pio.zero_ranges(ranges)
 
     def statistics(self) -> dict[str, Any]:
         return {"guards": {u: g.statistics() for u, g in self.guards.items()},

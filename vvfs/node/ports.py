@@ -76,6 +76,9 @@ class NodeJobs:
     def fill_checksums(self, pool_uuid: str, todo: list[Blocks], value: int) -> list[Blocks]:
         return self.jobs.from_thread(self.jobs.fill_checksums, pool_uuid, todo, value)
 
+    def zero_ranges(self, pool_uuid: str, ranges: list[Range]) -> list[Range]:
+        return self.jobs.from_thread(self.jobs.zero_ranges, pool_uuid, ranges)
+
 
 class NodeMirrors:
     """:class:`~vvfs.control.ports.MirrorsPort`: the node's mirror service."""

@@ -1,7 +1,7 @@
 """A block-device fake as the data path sees a device: async, counted, in worker threads.
 
 The data path (:mod:`vvfs.data`) calls :class:`vvfs.io.devio.DataDevice`:
-async ``pread``/``preadv``/``pwrite``/``pwritev``/``pwritev_dsync``/``flush``,
+async ``pread``/``preadv``/``pwrite``/``pwritev``/``pwritev_dsync``/``zero``/``flush``,
 the completed and durable write counts a flush is judged by, and the
 in-flight count the ``first`` read policy looks at.  :class:`AsyncDevice`
 gives that interface to any :class:`metadata.blockdev.BlockDevice` -- a
@@ -29,6 +29,7 @@ import trio
 
 from metadata.blockdev import BlockDevice, DeviceIOError
 from vvfs.io.devio import DeviceStats, PathFailed
+from vvfs.io.filedev import zero_range
 
 T = TypeVar("T")
 
@@ -85,6 +86,14 @@ class AsyncDevice:
         await self._run(self._write_durably, data, offset)
         self.stats.writes += 1
         self.stats.bytes_written += len(data)
+
+    async def zero(self, offset: int, length: int, *, keep_allocation: bool = False) -> str:
+        """Zero a range of the wrapped device (:func:`~vvfs.io.filedev.zero_range`); a write."""
+        how = await self._run(zero_range, self.inner, offset, length)
+        self.stats.zeroes += 1
+        self.stats.bytes_zeroed += max(length, 0)
+        self._completed_writes += 1
+        return how
 
     def _write_durably(self, data: bytes, offset: int) -> None:
         self.inner.pwrite(data, offset)
