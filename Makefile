@@ -43,12 +43,12 @@ deps:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# pyfuse3 with a fallocate handler (tools/patches/pyfuse3-fallocate.patch):
+# pyfuse3 with a fallocate handler and get_session_fd() (tools/patches/pyfuse3.patch):
 # the release has none, and without it a loop device over a volume file can
 # neither discard nor write zeroes.  Built from the release's sdist, patched.
 PYFUSE3_VERSION := 3.5.0
-PYFUSE3_PATCH := tools/patches/pyfuse3-fallocate.patch
-PYFUSE3_STAMP := $(VENV)/.pyfuse3-fallocate
+PYFUSE3_PATCH := tools/patches/pyfuse3.patch
+PYFUSE3_STAMP := $(VENV)/.pyfuse3-patched
 PYFUSE3_BUILD := build/pyfuse3
 
 $(PYFUSE3_STAMP): $(PYFUSE3_PATCH) | deps
@@ -60,7 +60,7 @@ $(PYFUSE3_STAMP): $(PYFUSE3_PATCH) | deps
 	tar -xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_BUILD)
 	patch -s -p1 -d $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION) < $(PYFUSE3_PATCH)
 	$(PY) -m pip install -q --force-reinstall --no-deps $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION)
-	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.Operations, "fallocate")'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.Operations, "fallocate") and hasattr(pyfuse3, "get_session_fd")'
 	touch $@
 
 pyfuse3: $(PYFUSE3_STAMP)

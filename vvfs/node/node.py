@@ -119,8 +119,13 @@ class Node:
                  state_dir: str | None = None, direct: bool = False,
                  io_threads: int = DEFAULT_IO_THREADS, readonly: bool = False,
                  fuse_options: Iterable[str] = (), resync_rate: int | None = DEFAULT_RATE,
-                 probe_interval: float = DEFAULT_PROBE_INTERVAL) -> None:
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL, engine: str = "python",
+                 driver_threads: int = 0) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
+        #: "native": the driver's threads serve the session once INIT is answered
+        self.engine_name = engine
+        self.driver_threads = driver_threads or os.cpu_count() or 1
+        self.engine: Any = None
         #: moves, scrubs and write guards (vvfs/node/jobs.py)
         self.jobs = Jobs(self)
         #: mirrors: failures, dirty logs, resync, events (vvfs/node/mirrors.py)
@@ -187,10 +192,23 @@ class Node:
         if self.state == "running":
             log.info("stopping")
             self.state = "stopping"
-            pyfuse3.terminate()
+            if self.engine is not None and self.engine.driver is not None:
+                self.engine.stop()
+            else:
+                pyfuse3.terminate()
 
     def _mount(self) -> None:
         log.info("mounting %d pools on %s", len(self.pools), self.mountpoint)
+        if self.engine_name == "native":
+            from vvfs.driver import engine
+
+            why = engine.available()
+            if why:
+                log.warning("engine=native: %s; every request goes through pyfuse3", why)
+            else:
+                self.engine = engine.NativeEngine(self.fs, lambda: self.fs.pools.values(),
+                                                  self.driver_threads)
+                self.fs.on_init = pyfuse3.terminate  # INIT answered: the driver takes over
         try:
             pyfuse3.init(self.fs, self.mountpoint, self.fuse_options)
         except RuntimeError as exc:
@@ -227,10 +245,18 @@ class Node:
     async def _main_loop(self, done: trio.Event, scope: trio.CancelScope) -> None:
         try:
             await pyfuse3.main(min_tasks=FUSE_TASKS, max_tasks=FUSE_TASKS_MAX)
+            if self.engine is not None and self.state in ("starting", "running"):
+                # pyfuse3 answered INIT and stopped (VolumeFS.on_init): the driver serves
+                await self.engine.run(pyfuse3.get_session_fd())
         finally:
             self.state = "stopping"
             done.set()
             scope.cancel()
+
+    async def quiesce_native(self, pool_uuid: str) -> None:
+        """Return once no request of *pool_uuid*'s volumes is served natively (a move starts)."""
+        if self.engine is not None and self.engine.driver is not None:
+            await self.engine.quiesce(pool_uuid)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -472,6 +498,9 @@ class Node:
                 "host_id": self.manager.host_id, "started": self.started,
                 "io_flusher": self.io_flusher, "direct": self.direct,
                 "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/node/jobs.py)
+                # which engine serves the mount, and per open volume which path and how much
+                "engine": (self.engine.statistics() if self.engine is not None
+                           and self.engine.driver is not None else {"engine": "python"}),
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
