@@ -51,9 +51,15 @@ PYFUSE3_PATCH := tools/patches/pyfuse3.patch
 PYFUSE3_STAMP := $(VENV)/.pyfuse3-patched
 PYFUSE3_BUILD := build/pyfuse3
 
-$(PYFUSE3_STAMP): $(PYFUSE3_PATCH) | deps
+# The project goes in first (it brings trio, which importing pyfuse3 needs, and
+# the stock pyfuse3); the patched build then replaces pyfuse3 alone.
+$(STAMP): setup.cfg pyproject.toml | deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+$(PYFUSE3_STAMP): $(PYFUSE3_PATCH) $(STAMP)
 	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
 	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(PYFUSE3_BUILD) \
 	  pyfuse3==$(PYFUSE3_VERSION)
@@ -65,13 +71,7 @@ $(PYFUSE3_STAMP): $(PYFUSE3_PATCH) | deps
 
 pyfuse3: $(PYFUSE3_STAMP)
 
-$(STAMP): setup.cfg pyproject.toml $(PYFUSE3_STAMP) | deps
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
-
-venv: deps $(STAMP)
+venv: deps $(STAMP) $(PYFUSE3_STAMP)
 
 # `mount -t fuse.vvfs` and fstab lines: mount(8) runs SBINDIR/mount.fuse.vvfs
 # and looks in no other directory; without it, mount.fuse3 runs a program

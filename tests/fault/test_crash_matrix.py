@@ -83,11 +83,14 @@ def test_crash_at_every_write_of_a_commit(root, op):
     keys = rec.recorder.device_keys()
     assert sorted(keys) == sorted(os.path.realpath(p) for p in env.paths)
     writes = rec.recorder.writes()
-    # per device: 2 slot copies, 2 commit records; a new mirror's extents and their
-    # checksum entries are zeroed before (vvfs/control/zeroing.py): crash points too
+    # per device: 2 slot copies, 2 commit records; new extents of any volume (and a
+    # new mirror's checksum entries) are zeroed before (vvfs/control/zeroing.py):
+    # crash points too -- a mirror's 2 legs and 2 entry ranges, a grown linear volume's
+    # one new extent
     commit = [(k, w) for k, w in writes if _in_regions(base, k, w.offset)]
     assert len(commit) == 4 * len(env.paths)
-    assert len(writes) - len(commit) == (4 if op == "create mirrored volume" else 0)
+    zeroing = {"create mirrored volume": 4, "grow volume": 1}.get(op, 0)
+    assert len(writes) - len(commit) == zeroing
     images = 0
     for n, (key, w) in enumerate(writes):
         for i, cuts in enumerate(variants(key, len(w.data), keys, seed=n)):

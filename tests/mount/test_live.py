@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from ..support.mountutil import (
     is_mounted,
     loop_device,
     mounted,
+    public_dir,
     require,
     wait_until,
 )
@@ -39,13 +38,8 @@ NOBODY = 65534
 @pytest.fixture(scope="module")
 def public_root() -> Iterator[Path]:
     """A 0755 directory in /tmp (pytest's own are 0700), removed when unmounted."""
-    root = Path(tempfile.mkdtemp(prefix="vvfs-live-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    try:
+    with public_dir("vvfs-live-") as root:
         yield root
-    finally:
-        if not is_mounted(root / "mnt"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..handler.test_fs_handlers import bad_on_media
-from ..support.mountutil import MiB, TestPool, alive, is_mounted, mounted, require
+from ..support.mountutil import MiB, TestPool, alive, mounted, public_dir, require
 from .test_live import NOBODY, as_nobody
 
 pytestmark = pytest.mark.slow
@@ -29,13 +27,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def public_root() -> Iterator[Path]:
     """A 0755 directory in /tmp (pytest's own are 0700), so that nobody can reach the mount."""
-    root = Path(tempfile.mkdtemp(prefix="vvfs-attrs-", dir="/tmp"))
-    os.chmod(root, 0o755)
-    try:
+    with public_dir("vvfs-attrs-") as root:
         yield root
-    finally:
-        if not is_mounted(root / "mnt"):
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

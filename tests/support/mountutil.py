@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,6 +187,18 @@ def lazy_unmount(mnt: str) -> None:
         subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True, check=False)
     if is_mounted(mnt):
         subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def public_dir(prefix: str) -> Iterator[Path]:
+    """A 0755 directory in /tmp (pytest's own are 0700), removed unless a mount is left in it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        yield root
+    finally:
+        if not is_mounted(root / "mnt"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

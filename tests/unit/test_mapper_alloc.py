@@ -290,16 +290,22 @@ def expand(runs: dict[DeviceUUID, list[tuple[int, int]]]) -> dict[str, set[int]]
             for dev, rs in runs.items()}
 
 
-@SETTINGS
-@given(pools(), ops)
-def test_fresh_mirror_runs_are_the_new_mirrored_extents_nothing_used_before(
-        pool: Pool, more: list[tuple[Any, ...]]) -> None:
+def _applied(pool: Pool, more: list[tuple[Any, ...]]) -> Pool:
+    """*pool* after every op of *more* that places (the others are skipped)."""
     new = pool
     for i, op in enumerate(more, start=100):
         try:
             new = apply(new, i, op)
         except PlacementError:
             pass
+    return new
+
+
+@SETTINGS
+@given(pools(), ops)
+def test_fresh_mirror_runs_are_the_new_mirrored_extents_nothing_used_before(
+        pool: Pool, more: list[tuple[Any, ...]]) -> None:
+    new = _applied(pool, more)
     before = {dev: set(x) for dev, x in used_extents(pool).items()}
     want = {dev: xs - before.get(dev, set()) for dev, xs in mirrored_extents(new).items()}
     want = {dev: xs for dev, xs in want.items() if xs}
@@ -314,12 +320,7 @@ def test_fresh_mirror_runs_are_the_new_mirrored_extents_nothing_used_before(
 @given(pools(), ops)
 def test_fresh_runs_are_the_new_extents_of_every_layout_nothing_used_before(
         pool: Pool, more: list[tuple[Any, ...]]) -> None:
-    new = pool
-    for i, op in enumerate(more, start=100):
-        try:
-            new = apply(new, i, op)
-        except PlacementError:
-            pass
+    new = _applied(pool, more)
     before = {dev: set(x) for dev, x in used_extents(pool).items()}
     want = {dev: xs - before.get(dev, set()) for dev, xs in mirrored_extents(new, 1).items()}
     assert expand(fresh_runs(pool, new)) == {dev: xs for dev, xs in want.items() if xs}

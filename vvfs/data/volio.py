@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[None]]
 #: Bytes of zeros per write when a volume's zeroing goes through the write path.
 ZERO_WRITE = 1 << 20
+_ZEROS = memoryview(bytes(ZERO_WRITE))  # one buffer for every such write, never written to
 
 
 @dataclass
@@ -259,13 +260,13 @@ class VolumeIO:
         length = max(0, min(length, self.size - offset))
         if not length:
             return 0
-        fast = not self._mirrored and self.vmap.mirrors < 2
+        fast = self.vmap.mirrors < 2  # one copy: nothing to keep in step
         if fast and self.guard is not None:
             fast = await self.guard.zero(self, offset, length, keep_allocation)
         elif fast:
             await self.zero_unguarded(offset, length, keep_allocation=keep_allocation)
         if not fast:
-            zeros = memoryview(bytes(min(ZERO_WRITE, length)))
+            zeros = _ZEROS
             for pos in range(offset, offset + length, len(zeros)):
                 await self.write(pos, zeros[:min(len(zeros), offset + length - pos)])
         self.stats.zeroes += 1
