@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3
 """The native half of the driver: threads that read FUSE requests and serve I/O from tables.
 
 See :mod:`vvfs.driver` for the design.  Each thread owns one clone of the
