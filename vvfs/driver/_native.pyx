@@ -112,8 +112,14 @@ cdef extern from "<linux/fuse.h>" nogil:
 cdef extern from *:
     """
     #define atomic_add(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+    #define atomic_load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define atomic_max(p, v) do { uint64_t _o = __atomic_load_n((p), __ATOMIC_RELAXED); \
+        while (_o < (v) && !__atomic_compare_exchange_n((p), &_o, (v), 0, \
+               __ATOMIC_RELEASE, __ATOMIC_RELAXED)) ; } while (0)
     """
     void atomic_add(uint64_t *p, uint64_t v) nogil
+    uint64_t atomic_load(uint64_t *p) nogil
+    void atomic_max(uint64_t *p, uint64_t v) nogil
 
 DEF PR_SET_IO_FLUSHER = 57
 DEF ALIGN = 4096
@@ -143,8 +149,9 @@ cdef struct table_t:
     seg_t *segs
     int nfds
     int *fds        # every descriptor the table owns (closed when freed)
-    int dirty       # a native write since the last native fsync
-    uint64_t reads, writes, fsyncs, bytes_read, bytes_written, handed
+    uint64_t written   # native writes completed (only grows)
+    uint64_t durable   # the first this-many are on stable storage (a native fsync)
+    uint64_t reads, writes, fsyncs, bytes_read, bytes_written, handed, fsync_errors
 
 
 cdef struct slot_t:
@@ -257,10 +264,13 @@ cdef int do_write(table_t *t, const char *src, char *bounce, uint64_t off,
 
 
 cdef int do_fsync(table_t *t) noexcept nogil:
+    """fdatasync every descriptor; on success every write completed before the call is durable."""
     cdef int i
+    cdef uint64_t target = atomic_load(&t.written)
     for i in range(t.nfds):
         if fdatasync(t.fds[i]):
             return -1
+    atomic_max(&t.durable, target)
     return 0
 
 
@@ -351,9 +361,8 @@ cdef class Table:
     cdef int _quiesce_and_sync(self) noexcept nogil:
         cdef int rc = 0
         pthread_rwlock_wrlock(&self.t.lock)
-        if self.t.dirty:
+        if atomic_load(&self.t.durable) < atomic_load(&self.t.written):
             rc = do_fsync(self.t)
-            self.t.dirty = 0
         pthread_rwlock_unlock(&self.t.lock)
         return rc
 
@@ -382,7 +391,8 @@ cdef class Table:
         t = self.t
         return {"native_reads": t.reads, "native_writes": t.writes,
                 "native_fsyncs": t.fsyncs, "native_bytes_read": t.bytes_read,
-                "native_bytes_written": t.bytes_written, "handed_to_python": t.handed}
+                "native_bytes_written": t.bytes_written, "handed_to_python": t.handed,
+                "native_fsync_errors": t.fsync_errors}
 
 
 # -- the threads --------------------------------------------------------------
@@ -454,17 +464,23 @@ cdef int serve_io(worker_t *w, fuse_in_header *h, ssize_t got) noexcept nogil:
                 and sizeof(fuse_in_header) + sizeof(fuse_write_in) + n <= <uint64_t> got):
             n = min(n, t.size - off)
             if do_write(t, body + sizeof(fuse_write_in), w.data, off, n) == 0:
-                t.dirty = 1
+                atomic_add(&t.written, 1)
                 wout.size = <uint32_t> n
                 wout.padding = 0
                 rc = reply(w.fd, h.unique, 0, &wout, sizeof(wout))
                 atomic_add(&t.writes, 1)
                 atomic_add(&t.bytes_written, n)
     elif h.opcode == FUSE_FSYNC:
+        # answered here either way: after a failed fdatasync the Python path
+        # could not know that native writes are not durable (a flush it
+        # thinks it need not do would say yes)
         if do_fsync(t) == 0:
-            t.dirty = 0
             rc = reply(w.fd, h.unique, 0, NULL, 0)
             atomic_add(&t.fsyncs, 1)
+        else:
+            atomic_add(&t.fsync_errors, 1)
+            atomic_add(&d.io_errors, 1)
+            rc = reply(w.fd, h.unique, -5, NULL, 0)  # -EIO
     else:  # FLUSH: writes are on the devices already (as VolumeFS.flush)
         rc = reply(w.fd, h.unique, 0, NULL, 0)
     if rc:
@@ -619,7 +635,7 @@ cdef class Driver:
 
     def statistics(self):
         return {"threads": self.d.nthreads, "served_natively": self.d.served,
-                "handed_to_python": self.d.handed,
+                "handed_to_python": self.d.handed, "io_errors": self.d.io_errors,
                 "io_flusher_errno": self.d.io_flusher_errno}
 
     def close(self):

@@ -29,9 +29,10 @@ a driver thread calls with the GIL and which only schedules work there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,10 @@ class NativeEngine:
     driver: Any = None
     handles: dict[int, _Open] = field(default_factory=dict)
     why: dict[str, str] = field(default_factory=dict)  #: volume uuid -> why not native
+    #: volume uuid -> counters of tables retired (so status counts since mount)
+    past: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: pools whose configuration is being changed: no table is built for them
+    held: set[str] = field(default_factory=set)
     _nursery: trio.Nursery | None = None
     _token: trio.lowlevel.TrioToken | None = None
 
@@ -180,6 +185,8 @@ class NativeEngine:
         op = self.handles[fh]
         pio = self._pool_of(op.vio)
         why = "pool gone" if pio is None else eligible(pio, op.vio)
+        if not why and op.vio.pool_uuid in self.held:
+            why = "configuration changing"
         self.why[op.vio.uuid] = why
         if why or pio is None:
             return
@@ -194,17 +201,44 @@ class NativeEngine:
 
     async def _drop(self, fh: int) -> None:
         op = self.handles.pop(fh, None)
-        if op is not None and op.table is not None:
-            self.driver.unregister(fh)
-            await trio.to_thread.run_sync(op.table.retire)
+        if op is not None:
+            await self._retire(fh, op)
+
+    async def _retire(self, fh: int, op: _Open) -> None:
+        """Stop serving *fh* natively; return once no request uses its table."""
+        if op.table is None:
+            return
+        table, op.table, op.built = op.table, None, ()
+        self.driver.unregister(fh)
+        try:
+            await trio.to_thread.run_sync(table.retire)
+        finally:
+            past = self.past.setdefault(op.vio.uuid, {})
+            for k, v in table.statistics().items():
+                past[k] = past.get(k, 0) + v
 
     async def quiesce(self, pool_uuid: str) -> None:
         """Retire every table of *pool_uuid*'s volumes; return once none serves natively."""
         for fh, op in list(self.handles.items()):
-            if op.vio.pool_uuid == pool_uuid and op.table is not None:
-                table, op.table, op.built = op.table, None, ()
-                self.driver.unregister(fh)
-                await trio.to_thread.run_sync(table.retire)
+            if op.vio.pool_uuid == pool_uuid:
+                await self._retire(fh, op)
+
+    @contextlib.asynccontextmanager
+    async def changing(self, pool_uuid: str) -> AsyncIterator[None]:
+        """Around a change of *pool_uuid*'s configuration (maps, devices, moves).
+
+        Before the body runs no request of the pool's volumes is served
+        from a table (they all go to the Python data path, which the body
+        changes); afterwards tables are built again from the new maps.  So
+        no table ever serves a map that the media no longer hold.
+        """
+        self.held.add(pool_uuid)
+        try:
+            await self.quiesce(pool_uuid)
+            yield
+        finally:
+            self.held.discard(pool_uuid)
+            await self.reconcile()
 
     async def reconcile(self) -> None:
         """Make every open handle's table match its volume now (see the module docstring)."""
@@ -213,10 +247,7 @@ class NativeEngine:
             now = None if pio is None or eligible(pio, op.vio) else self._state(op.vio, pio)
             if now == op.built and (now is None) == (op.table is None):
                 continue
-            if op.table is not None:
-                table, op.table, op.built = op.table, None, ()
-                self.driver.unregister(fh)
-                await trio.to_thread.run_sync(table.retire)
+            await self._retire(fh, op)
             if fh in self.handles:
                 self._build(fh)
 
@@ -226,16 +257,24 @@ class NativeEngine:
             await self.reconcile()
 
     def statistics(self) -> dict[str, Any]:
+        """The driver's counters, and per volume uuid: who serves it now and what it served.
+
+        ``served_by`` is "native" while a table serves one of its handles,
+        "python" (with ``why``) while it is open and none does, "closed"
+        otherwise; the ``native_*`` counters count since the mount.
+        """
         out: dict[str, Any] = {"engine": "native", **(self.driver.statistics()
                                                        if self.driver else {})}
-        vols: dict[str, Any] = {}
+        vols: dict[str, Any] = {uuid: {"served_by": "closed", "why": "", **counts}
+                                for uuid, counts in self.past.items()}
         for op in self.handles.values():
-            row = vols.setdefault(op.vio.name, {"served_by": "python",
-                                                "why": self.why.get(op.vio.uuid, "")})
+            row = vols.setdefault(op.vio.uuid, {"served_by": "closed", "why": ""})
             if op.table is not None:
-                row["served_by"] = "native"
+                row["served_by"], row["why"] = "native", ""
                 for k, v in op.table.statistics().items():
                     row[k] = row.get(k, 0) + v
+            elif row["served_by"] != "native":
+                row["served_by"], row["why"] = "python", self.why.get(op.vio.uuid, "")
         out["volumes"] = vols
         return out
 

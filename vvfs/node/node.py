@@ -126,6 +126,8 @@ class Node:
         self.engine_name = engine
         self.driver_threads = driver_threads or os.cpu_count() or 1
         self.engine: Any = None
+        #: why engine=native was asked for and the Python engine serves ("" otherwise)
+        self.engine_why = ""
         #: moves, scrubs and write guards (vvfs/node/jobs.py)
         self.jobs = Jobs(self)
         #: mirrors: failures, dirty logs, resync, events (vvfs/node/mirrors.py)
@@ -202,7 +204,7 @@ class Node:
         if self.engine_name == "native":
             from vvfs.driver import engine
 
-            why = engine.available()
+            why = self.engine_why = engine.available()
             if why:
                 log.warning("engine=native: %s; every request goes through pyfuse3", why)
             else:
@@ -369,21 +371,29 @@ class Node:
         pio = self.pools[pool.uuid]
         devs = self.devices[pool.uuid]
         await self._open_devices(pool, paths, devs)
-        change = pio.apply(pool)
-        self.jobs.pool_changed(pio)
-        self.mirrors.pool_changed(pio)
-        await self.fs.apply_pool(pio, change)
-        keep = {d.uuid for d in pool.devices}
-        for uuid in [u for u in devs if u not in keep]:
-            await self._close_device(devs.pop(uuid))
+        async with self._native_held(pool.uuid):  # no table serves the old map meanwhile
+            change = pio.apply(pool)
+            self.jobs.pool_changed(pio)
+            self.mirrors.pool_changed(pio)
+            await self.fs.apply_pool(pio, change)
+            keep = {d.uuid for d in pool.devices}
+            for uuid in [u for u in devs if u not in keep]:
+                await self._close_device(devs.pop(uuid))
         await self.mirrors.pool_updated(pio)
 
     async def _drop_pool(self, pool_uuid: str) -> None:
-        await self.jobs.pool_dropped(pool_uuid)
-        await self.mirrors.pool_dropped(pool_uuid)
-        await self.fs.remove_pool(pool_uuid)
-        for dev in self.devices.pop(PoolUUID(pool_uuid), {}).values():
-            await self._close_device(dev)
+        async with self._native_held(pool_uuid):
+            await self.jobs.pool_dropped(pool_uuid)
+            await self.mirrors.pool_dropped(pool_uuid)
+            await self.fs.remove_pool(pool_uuid)
+            for dev in self.devices.pop(PoolUUID(pool_uuid), {}).values():
+                await self._close_device(dev)
+
+    def _native_held(self, pool_uuid: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The native engine's :meth:`~vvfs.driver.engine.NativeEngine.changing`, if it runs."""
+        if self.engine is not None and self.engine.driver is not None:
+            return self.engine.changing(pool_uuid)  # type: ignore[no-any-return]
+        return contextlib.nullcontext()
 
     async def _close_device(self, dev: DataDevice) -> None:
         """Flush and close *dev* once no call is in flight on it.
@@ -499,9 +509,31 @@ class Node:
                 "io_flusher": self.io_flusher, "direct": self.direct,
                 "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/node/jobs.py)
                 # which engine serves the mount, and per open volume which path and how much
-                "engine": (self.engine.statistics() if self.engine is not None
-                           and self.engine.driver is not None else {"engine": "python"}),
+                "engine": self._engine_status(),
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
+
+    def _engine_status(self) -> dict[str, Any]:
+        """Which engine serves the mount and, per volume, which path served how many requests.
+
+        ``python_requests`` are the reads and writes the Python data path
+        served (VolumeIO's counters), ``native_requests`` those the driver's
+        threads served from a table; both since the mount.
+        """
+        native = self.engine is not None and self.engine.driver is not None
+        doc: dict[str, Any] = self.engine.statistics() if native else {
+            "engine": "python", "requested": self.engine_name, "why": self.engine_why}
+        rows = doc.pop("volumes", {})
+        vols = {}
+        for pio in self.pools.values():
+            for vio in pio.volumes.values():
+                row = dict(rows.get(vio.uuid) or {
+                    "served_by": "python" if vio.handles else "closed",
+                    "why": "" if native else "engine=python"})
+                row["native_requests"] = row.get("native_reads", 0) + row.get("native_writes", 0)
+                row["python_requests"] = vio.stats.reads + vio.stats.writes
+                vols[f"{pio.name}/{vio.name}"] = row
+        doc["volumes"] = vols
+        return doc
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
         devs = self.devices.get(pio.uuid, {})
