@@ -23,9 +23,10 @@ io_threads=N       device calls in flight across the node (default 32)
 resync_rate=SIZE   bytes per second a resync copies at most (default 256M; 0: no limit)
 probe_interval=S   seconds between looks for vanished devices and failed paths
                    (default 5; 0: never)
-engine=python      every request through pyfuse3 and the Python data path (default)
 engine=native      I/O of linear and striped volumes served by the native driver's
-                   threads (vvfs/driver); the rest as with python
+                   threads (vvfs/driver); the rest as with python (default where
+                   the driver is built; else python, said in the log)
+engine=python      every request through pyfuse3 and the Python data path
 driver_threads=N   threads of the native driver (default: one per CPU; at most 64)
 debug              debug logging of the node
 =================  ======================================================
@@ -80,7 +81,7 @@ class MountOptions:
     resync_rate: int = 256 << 20
     probe_interval: float = 5.0
     debug: bool = False
-    engine: str = "python"
+    engine: str = "native"
     driver_threads: int = 0  #: 0: one per CPU
     ignored: list[str] = field(default_factory=list)
 

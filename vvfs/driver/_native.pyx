@@ -143,6 +143,7 @@ cdef struct seg_t:
 cdef struct table_t:
     pthread_rwlock_t lock
     int native      # 0: hand everything to Python
+    int writable    # 0: hand writes to Python (a read-only mount answers EROFS there)
     int retired
     uint64_t size
     int nseg
@@ -293,6 +294,7 @@ cdef void free_table(table_t *t) noexcept nogil:
 cdef class Table:
     """One volume's resolved map for the native threads (levels 2-3), and its counters.
 
+    *writable* False hands every write to Python (a read-only mount).
     *segments*: ``(start, end, stripes, unit, columns)`` in volume order
     covering ``[0, size)``, *columns* a list of ``(fd, direct_fd, base)``
     (``direct_fd`` -1 without one).  The descriptors are duplicated: the
@@ -302,7 +304,7 @@ cdef class Table:
 
     cdef table_t *t
 
-    def __cinit__(self, uint64_t size, segments, bint native=True):
+    def __cinit__(self, uint64_t size, segments, bint native=True, bint writable=True):
         cdef table_t *t = <table_t *> calloc(1, sizeof(table_t))
         if t == NULL:
             raise MemoryError()
@@ -310,6 +312,7 @@ cdef class Table:
         self.t = t
         t.size = size
         t.native = native
+        t.writable = writable
         segments = list(segments)
         if not segments or segments[0][0] != 0 or segments[-1][1] < size:
             raise ValueError("a table must cover its volume from byte 0")
@@ -460,7 +463,7 @@ cdef int serve_io(worker_t *w, fuse_in_header *h, ssize_t got) noexcept nogil:
     elif h.opcode == FUSE_WRITE:
         off = win.offset
         n = win.size
-        if (off < t.size and n <= DATA_BUF
+        if (t.writable and off < t.size and n <= DATA_BUF
                 and sizeof(fuse_in_header) + sizeof(fuse_write_in) + n <= <uint64_t> got):
             n = min(n, t.size - off)
             if do_write(t, body + sizeof(fuse_write_in), w.data, off, n) == 0:

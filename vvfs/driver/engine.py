@@ -80,7 +80,7 @@ def eligible(pio: PoolIO, vio: VolumeIO) -> str:
     return ""
 
 
-def table_for(pio: PoolIO, vio: VolumeIO) -> Any:
+def table_for(pio: PoolIO, vio: VolumeIO, *, writable: bool = True) -> Any:
     """The native table of *vio*'s map on *pio*'s open devices (see :func:`eligible`)."""
     segments = []
     for start, end, stripes, unit, columns in vio.vmap.segments():
@@ -89,7 +89,7 @@ def table_for(pio: PoolIO, vio: VolumeIO) -> Any:
             fd, dfd = pio.devices[devs[0]].fds()  # type: ignore[misc]
             cols.append((fd, dfd, bases[0]))
         segments.append((start, end, stripes, unit, cols))
-    return _native.Table(vio.size, segments)
+    return _native.Table(vio.size, segments, writable=writable)
 
 
 @dataclass
@@ -108,6 +108,8 @@ class NativeEngine:
     ops: Any  #: the pyfuse3 operations (vvfs.node.fs.VolumeFS)
     pools: Callable[[], Iterable[PoolIO]]
     threads: int
+    #: False on a read-only mount: writes go to Python, which answers EROFS
+    writable: bool = True
     driver: Any = None
     handles: dict[int, _Open] = field(default_factory=dict)
     why: dict[str, str] = field(default_factory=dict)  #: volume uuid -> why not native
@@ -191,7 +193,7 @@ class NativeEngine:
         if why or pio is None:
             return
         try:
-            table = table_for(pio, op.vio)
+            table = table_for(pio, op.vio, writable=self.writable)
         except (OSError, ValueError) as exc:
             self.why[op.vio.uuid] = f"no table: {exc}"
             log.warning("volume %s: served in Python: %s", op.vio.name, exc)

@@ -119,7 +119,7 @@ class Node:
                  state_dir: str | None = None, direct: bool = False,
                  io_threads: int = DEFAULT_IO_THREADS, readonly: bool = False,
                  fuse_options: Iterable[str] = (), resync_rate: int | None = DEFAULT_RATE,
-                 probe_interval: float = DEFAULT_PROBE_INTERVAL, engine: str = "python",
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL, engine: str = "native",
                  driver_threads: int = 0) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
         #: "native": the driver's threads serve the session once INIT is answered
@@ -209,7 +209,8 @@ class Node:
                 log.warning("engine=native: %s; every request goes through pyfuse3", why)
             else:
                 self.engine = engine.NativeEngine(self.fs, lambda: self.fs.pools.values(),
-                                                  self.driver_threads)
+                                                  self.driver_threads,
+                                                  writable=not self.readonly)
                 self.fs.on_init = pyfuse3.terminate  # INIT answered: the driver takes over
         try:
             pyfuse3.init(self.fs, self.mountpoint, self.fuse_options)
