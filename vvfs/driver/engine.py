@@ -129,14 +129,10 @@ class NativeEngine:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.driver.start()
-                errno_ = self.driver.statistics()["io_flusher_errno"]
                 log.info("native driver: %d threads on clones of /dev/fuse", self.threads)
                 nursery.start_soon(self._reconcile_loop)
                 task_status.started()
                 await trio.to_thread.run_sync(self.driver.join)
-                if errno_:
-                    log.info("native driver: PR_SET_IO_FLUSHER refused (%s)",
-                             os.strerror(errno_))
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
@@ -254,8 +250,14 @@ class NativeEngine:
                 self._build(fh)
 
     async def _reconcile_loop(self) -> None:
+        said_flusher = False
         while True:
             await trio.sleep(RECONCILE_EVERY)
+            errno_ = self.driver.statistics()["io_flusher_errno"]
+            if errno_ and not said_flusher:  # each thread tried at its start
+                log.warning("native driver: its threads cannot be I/O flushers"
+                            " (PR_SET_IO_FLUSHER: %s)", os.strerror(errno_))
+                said_flusher = True
             await self.reconcile()
 
     def statistics(self) -> dict[str, Any]:

@@ -536,6 +536,16 @@ class Node:
         doc["volumes"] = vols
         return doc
 
+    def _volume_stats(self, vio: Any) -> dict[str, Any]:
+        """*vio*'s counters, with what the native driver served of it added in."""
+        stats = dict(vio.statistics())
+        if self.engine is not None and self.engine.driver is not None:
+            row = self.engine.statistics()["volumes"].get(vio.uuid) or {}
+            for key in ("reads", "writes", "bytes_read", "bytes_written"):
+                stats[key] = stats.get(key, 0) + row.get(f"native_{key}", 0)
+            stats["flushes"] = stats.get("flushes", 0) + row.get("native_fsyncs", 0)
+        return stats
+
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
         devs = self.devices.get(pio.uuid, {})
         live = self.mirrors.pool_status(pio)
@@ -556,7 +566,7 @@ class Node:
                             "visible": self.fs.visible(v), "open": len(vio.handles),
                             "pids": sorted(set(vio.handles.values())),
                             "state": live.get("volumes", {}).get(v.uuid, "ok"),
-                            "read_policy": v.read_policy, "stats": vio.statistics()})
+                            "read_policy": v.read_policy, "stats": self._volume_stats(vio)})
         return {"name": pio.name, "uuid": pio.uuid, "generation": pio.pool.generation,
                 "devices": devices, "volumes": volumes, "mirror": live.get("mirror", {}),
                 "move": self.jobs.move_progress(pio.uuid)}
