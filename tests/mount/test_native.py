@@ -273,15 +273,21 @@ def test_every_opcode_is_answered_beside_fio(fresh_pool: TestPool) -> None:
 
 def test_a_resize_during_fio_verify(fresh_pool: TestPool) -> None:
     """Growing a natively served volume under fio verify: fio passes, the new size shows,
-    and a write past the old end lands (the new table, or Python, serves it)."""
+    and a write past the old end lands on the devices (the new table, or Python, serves it).
+
+    fio writes at 4 MiB/s (8 s) so that the resize, a second or two with vv's start,
+    is done while fio still writes; the block past the old end is read back from the
+    backing files after the unmount, not from the page cache.
+    """
     require("fio")
     fresh_pool.create_volume("lin", SIZE)
-    with mounted(fresh_pool, "driver_threads=2"):
+    block = random.Random(3).randbytes(MiB)
+    with mounted(fresh_pool, "driver_threads=2") as node:
         path = fresh_pool.volume_path("lin")
         load = subprocess.Popen(
             ["fio", "--name=v", f"--filename={path}", "--rw=randwrite", "--bs=4k",
              f"--size={SIZE}", "--direct=1", "--ioengine=libaio", "--iodepth=16",
-             "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--rate=16m"],
+             "--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--rate=32m,4m"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             time.sleep(0.7)
@@ -294,7 +300,6 @@ def test_a_resize_during_fio_verify(fresh_pool: TestPool) -> None:
                 load.wait()
         assert load.returncode == 0, out
         assert os.stat(path).st_size == 2 * SIZE
-        block = random.Random(3).randbytes(MiB)
         fd = os.open(path, os.O_RDWR)
         try:
             assert os.pwrite(fd, block, SIZE + 5 * MiB) == MiB
@@ -303,6 +308,10 @@ def test_a_resize_during_fio_verify(fresh_pool: TestPool) -> None:
             assert _engine_row(fresh_pool, "lin")["served_by"] == "native"
         finally:
             os.close(fd)
+        node.umount()
+    on_devices = _device_bytes(fresh_pool, "lin")
+    assert len(on_devices) == 2 * SIZE
+    assert on_devices[SIZE + 5 * MiB:SIZE + 6 * MiB] == block, "the write past the old end is lost"
 
 
 # -- a crash of the node during native mirrored writes ------------------------------
