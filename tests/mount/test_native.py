@@ -94,6 +94,46 @@ def test_native_serves_linear_and_striped_and_hands_mirrors_to_python(
         assert _engine_row(fresh_pool, "lin")["served_by"] == "closed"
 
 
+def _fio_requests(output: str) -> int:
+    """Reads plus writes fio issued, from its "issued rwts" line."""
+    m = re.search(r"issued rwts: total=(\d+),(\d+),", output)
+    assert m, output
+    return int(m.group(1)) + int(m.group(2))
+
+
+@pytest.mark.parametrize("name", ["lin", "str", "mir"])
+def test_fio_requests_are_counted_where_they_are_served(fresh_pool: TestPool, name: str) -> None:
+    """After fio verify (4 KiB, O_DIRECT: one FUSE request per fio request at least), the
+    engine counted every request: linear and striped ones natively (served_by native while a
+    handle is open), mirrored ones handed to Python (why "mirrored"), none of them natively."""
+    require("fio")
+    _three(fresh_pool)
+    path = fresh_pool.volume_path(name)
+    with mounted(fresh_pool, "engine=native", "driver_threads=2"):
+        fd = os.open(path, os.O_RDONLY)  # keeps a handle open for served_by
+        try:
+            before = _status(fresh_pool)["engine"]
+            out = fio("--name=verify", f"--filename={path}", "--rw=randwrite", "--bs=4k",
+                      f"--size={SIZE}", "--direct=1", "--ioengine=libaio", "--iodepth=16",
+                      "--verify=crc32c", "--verify_fatal=1", "--do_verify=1").stdout
+            after = _status(fresh_pool)["engine"]
+            row = _engine_row(fresh_pool, name)
+        finally:
+            os.close(fd)
+    requests = _fio_requests(out)
+    assert requests >= 2 * SIZE // (4 * KiB), out  # every block written, then read back
+    native = after["served_natively"] - before["served_natively"]
+    python = after["handed_to_python"] - before["handed_to_python"]
+    print(f"{name}: fio {requests} requests; native {native}, to Python {python}")
+    if name == "mir":
+        assert (row["served_by"], row["why"]) == ("python", "mirrored"), row
+        assert native == 0 and python >= requests, (native, python, requests)
+    else:
+        assert (row["served_by"], row["why"]) == ("native", ""), row
+        assert native >= requests, (native, python, requests)
+        assert python < requests // 100, (native, python, requests)  # open, getattr, flush...
+
+
 def test_the_default_engine_is_native(fresh_pool: TestPool) -> None:
     """What the other mount tests run on (module docstring)."""
     fresh_pool.create_volume("lin", SIZE)
