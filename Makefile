@@ -21,7 +21,7 @@ DEB_PROGRAMS := fusermount3:fuse3 pkg-config:pkg-config fio:fio mkfs.ext4:e2fspr
                 pvcreate:lvm2 /usr/lib/postgresql/15/bin/initdb:postgresql-15 \
                 gcc:gcc patch:patch
 
-.PHONY: all deps venv pyfuse3 mount-helper test test-fast demo demo-stop bench lint clean
+.PHONY: all deps venv pyfuse3 native mount-helper test test-fast demo demo-stop bench lint clean
 
 all: venv
 	@$(MAKE) --no-print-directory mount-helper
@@ -43,12 +43,12 @@ deps:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# pyfuse3 with a fallocate handler (tools/patches/pyfuse3-fallocate.patch):
+# pyfuse3 with a fallocate handler and get_session_fd() (tools/patches/pyfuse3.patch):
 # the release has none, and without it a loop device over a volume file can
 # neither discard nor write zeroes.  Built from the release's sdist, patched.
 PYFUSE3_VERSION := 3.5.0
-PYFUSE3_PATCH := tools/patches/pyfuse3-fallocate.patch
-PYFUSE3_STAMP := $(VENV)/.pyfuse3-fallocate
+PYFUSE3_PATCH := tools/patches/pyfuse3.patch
+PYFUSE3_STAMP := $(VENV)/.pyfuse3-patched
 PYFUSE3_BUILD := build/pyfuse3
 
 # The project goes in first (it brings trio, which importing pyfuse3 needs, and
@@ -66,12 +66,25 @@ $(PYFUSE3_STAMP): $(PYFUSE3_PATCH) $(STAMP)
 	tar -xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION).tar.gz -C $(PYFUSE3_BUILD)
 	patch -s -p1 -d $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION) < $(PYFUSE3_PATCH)
 	$(PY) -m pip install -q --force-reinstall --no-deps $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3_VERSION)
-	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.Operations, "fallocate")'
+	$(PY) -c 'import pyfuse3; assert hasattr(pyfuse3.Operations, "fallocate") and hasattr(pyfuse3, "get_session_fd")'
 	touch $@
 
 pyfuse3: $(PYFUSE3_STAMP)
 
-venv: deps $(STAMP) $(PYFUSE3_STAMP)
+# The native driver (vvfs/driver/_native.pyx), built in place so that the
+# editable install imports it; rebuilt when its source changes.  Without a
+# compiler the node serves everything in Python (and says so in its log).
+NATIVE_STAMP := $(VENV)/.native-driver
+
+$(NATIVE_STAMP): vvfs/driver/_native.pyx setup.py $(STAMP)
+	$(PY) -c 'import Cython' 2>/dev/null || $(PY) -m pip install -q 'Cython>=3.0'
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c 'from vvfs.driver import _native'
+	touch $@
+
+native: $(NATIVE_STAMP)
+
+venv: deps $(STAMP) $(PYFUSE3_STAMP) $(NATIVE_STAMP)
 
 # `mount -t fuse.vvfs` and fstab lines: mount(8) runs SBINDIR/mount.fuse.vvfs
 # and looks in no other directory; without it, mount.fuse3 runs a program
@@ -138,4 +151,4 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) $(PYFUSE3_BUILD) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) $(PYFUSE3_BUILD) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache build vvfs/driver/_native.c vvfs/driver/*.so

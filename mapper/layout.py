@@ -103,6 +103,19 @@ class VolumeMap:
         """The uuids of every device holding some of this volume."""
         return self._devices
 
+    def segments(self) -> list[tuple[int, int, int, int, list[tuple[tuple[DeviceUUID, ...],
+                                                                tuple[int, ...]]]]]:
+        """The precomputed geometry, for a table that resolves outside Python.
+
+        One ``(start, end, stripes, unit, columns)`` per segment in volume
+        order, volume bytes ``[start, end)``; *columns* has one
+        ``(devices, bases)`` per stripe column, a device uuid and the device
+        byte where its area begins for each leg (the module docstring's
+        formula).
+        """
+        return [(s.start, s.end, s.stripes, s.unit, list(zip(s.devs, s.bases)))
+                for s in self._segs]
+
     def resolve(self, offset: int, length: int) -> list[Piece]:
         """Map volume bytes ``[offset, offset + length)`` to device bytes.
 

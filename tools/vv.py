@@ -460,8 +460,14 @@ def status(as_json: bool, state_dir: str | None) -> None:
         return print_json({"running": True, "socket": sock, **doc})
     click.echo(f"node pid {doc.get('pid', '?')}  socket {sock}"
                + (f"  mounted at {doc['mountpoint']}" if doc.get("mountpoint") else ""))
+    eng = doc.get("engine") or {}
+    if eng:
+        click.echo(f"engine {eng.get('engine', '?')}"
+                   + (f" ({eng['threads']} driver threads; {eng.get('served_natively', 0)}"
+                      f" requests served natively, {eng.get('handed_to_python', 0)} handed to"
+                      f" Python)" if "threads" in eng else ""))
     for p in doc.get("pools", []):
-        _pool_status(p)
+        _pool_status(p, eng.get("volumes") or {})
 
 
 def _offline_status(state_dir: str, pools: list[dict], as_json: bool) -> None:
@@ -487,17 +493,26 @@ def _entries(value: Any) -> list[dict]:
     return list(value or [])
 
 
-def _pool_status(p: dict) -> None:
+def _pool_status(p: dict, engine: dict) -> None:
     click.echo("")
     click.echo(f"pool {p.get('name', '?')}  uuid {p.get('uuid', '?')}"
                f"  generation {p.get('generation', '?')}")
     table(None, ["DEVICE", "PATH", "STATE"],
           [[d.get("name", "?"), d.get("path") or "-", d.get("state", "?")]
            for d in _entries(p.get("devices"))])
-    table(None, ["VOLUME", "SIZE", "OPEN", "PIDS", "STATE"],
+    def served(name: str) -> str:
+        e = engine.get(f"{p.get('name')}/{name}") or {}
+        by = e.get("served_by", "-")
+        return by + (f" ({e['why']})" if e.get("why") and by == "python" else "")
+
+    def requests(name: str) -> str:
+        e = engine.get(f"{p.get('name')}/{name}") or {}
+        return f"{e.get('native_requests', 0)}/{e.get('python_requests', 0)}"
+
+    table(None, ["VOLUME", "SIZE", "OPEN", "PIDS", "STATE", "SERVED BY", "NATIVE/PYTHON"],
           [[v.get("name", "?"), human_size(v["size"]) if "size" in v else "?",
             v.get("open", 0), ",".join(str(x) for x in v.get("pids") or []) or "-",
-            v.get("state", "ok")]
+            v.get("state", "ok"), served(v.get("name", "?")), requests(v.get("name", "?"))]
            for v in _entries(p.get("volumes"))])
     move = p.get("move")
     if move:

@@ -23,6 +23,11 @@ io_threads=N       device calls in flight across the node (default 32)
 resync_rate=SIZE   bytes per second a resync copies at most (default 256M; 0: no limit)
 probe_interval=S   seconds between looks for vanished devices and failed paths
                    (default 5; 0: never)
+engine=native      I/O of linear and striped volumes served by the native driver's
+                   threads (vvfs/driver); the rest as with python (default where
+                   the driver is built; else python, said in the log)
+engine=python      every request through pyfuse3 and the Python data path
+driver_threads=N   threads of the native driver (default: one per CPU; at most 64)
 debug              debug logging of the node
 =================  ======================================================
 
@@ -76,6 +81,8 @@ class MountOptions:
     resync_rate: int = 256 << 20
     probe_interval: float = 5.0
     debug: bool = False
+    engine: str = "native"
+    driver_threads: int = 0  #: 0: one per CPU
     ignored: list[str] = field(default_factory=list)
 
 
@@ -101,6 +108,10 @@ def parse_options(text: str, state_dir: str | None = None) -> MountOptions:
             opts.probe_interval = float(value)
         elif item == "debug":
             opts.debug = True
+        elif key == "engine" and value in ("python", "native"):
+            opts.engine = value
+        elif key == "driver_threads" and value.isdigit() and 0 < int(value) <= 64:
+            opts.driver_threads = int(value)
         elif item in IGNORED_OPTIONS or item.startswith(IGNORED_PREFIXES):
             opts.ignored.append(item)
         else:
@@ -224,7 +235,8 @@ def _run_node(mountpoint: str, pools: list[str], opts: MountOptions, ready_fd: i
         nonlocal live
         node = Node(mountpoint, pools, state_dir=opts.state_dir, direct=opts.direct,
                     io_threads=opts.io_threads, readonly=opts.readonly,
-                    resync_rate=opts.resync_rate, probe_interval=opts.probe_interval)
+                    resync_rate=opts.resync_rate, probe_interval=opts.probe_interval,
+                    engine=opts.engine, driver_threads=opts.driver_threads)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             live = True
@@ -334,7 +346,8 @@ def stop_node(mountpoint: str, state_dir: str | None, *, force: bool, timeout: f
 @click.option("--foreground", "-f", is_flag=True, help="Run the node here, logging to stderr.")
 @click.option("-o", "options", multiple=True, metavar="OPTS",
               help="Mount options, comma-separated: state_dir=DIR, ro, backing=direct|buffered,"
-                   " io_threads=N, resync_rate=SIZE, probe_interval=S, debug (repeatable).")
+                   " io_threads=N, resync_rate=SIZE, probe_interval=S, engine=python|native,"
+                   " driver_threads=N, debug (repeatable).")
 @state_dir_option
 def mount(args: tuple[str, ...], foreground: bool, options: tuple[str, ...],
           state_dir: str | None) -> None:

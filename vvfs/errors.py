@@ -48,7 +48,7 @@ __all__ = [
     "EXIT_FAILED", "EXIT_IO", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE",
     "AdminError", "ApiError", "ArgumentError", "BadMagicError", "BlockChecksumError", "CatalogError",
     "ChecksumError", "CodecError", "CommitError", "ConfigError", "DeviceIOError",
-    "DivergedError", "FsckError", "JobError",
+    "DivergedError", "DriverProtocolError", "FsckError", "JobError",
     "LockedError", "MediaError", "MissingError", "MoveError", "NoSpaceError",
     "NoValidGenerationError", "NodeConnectionError", "NodeError", "NotFoundError",
     "PlacementError", "ProbeError", "RefusedError", "RemoteError", "ResolveError",
@@ -172,6 +172,10 @@ class ArgumentError(VVError):
     """The arguments of an admin API call do not have the types the method declares."""
 
     http_status = 400
+
+
+class DriverProtocolError(VVError):
+    """A request a native driver thread read is not a FUSE request (vvfs/driver)."""
 
 
 class AdminError(VVError):

@@ -347,6 +347,16 @@ class DataDevice:
         self._completed_writes += 1
         return how
 
+    def fds(self) -> tuple[int, int] | None:
+        """(buffered, O_DIRECT or -1) descriptors of the active path; None if closed or paused.
+
+        For the native driver, which duplicates them (:class:`vvfs.driver._native.Table`):
+        a path switch closes these, never the duplicates.
+        """
+        if self._fd < 0 or self._paused is not None:
+            return None
+        return self._fd, self._dfd
+
     async def flush(self) -> None:
         """Return once every write completed before this call is on stable storage."""
         target = self._completed_writes

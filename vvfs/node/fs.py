@@ -12,7 +12,7 @@ before it answers.  An owner, group or mode read from media that is not
 valid is shown as root-owned 0600 and logged (:func:`mapper.namespace.attributes`).
 fallocate PUNCH_HOLE and ZERO_RANGE zero a range of it (so a loop device over it
 passes discard and write-zeroes on); the handler needs a pyfuse3 that has it (the
-Makefile builds pyfuse3 with ``tools/patches/pyfuse3-fallocate.patch``), and
+Makefile builds pyfuse3 with ``tools/patches/pyfuse3.patch``), and
 :func:`check_fallocate` says at mount time when the installed one has not.
 
 Handlers are thin: they log at debug level, translate arguments, delegate to
@@ -96,6 +96,8 @@ class VolumeFS(pyfuse3.Operations):
         self._fences: dict[PoolUUID, trio.Event] = {}
         self._started = time.time_ns()
         self._initialized = trio.Event()
+        #: called once INIT is answered (the node's native engine stops pyfuse3 there)
+        self.on_init: Callable[[], None] | None = None
         #: set by the node: how root's chown and chmod are committed (None: refused)
         self.change_attributes: ChangeAttributes | None = None
         #: (volume uuid, attributes) already logged as not valid on media
@@ -109,6 +111,12 @@ class VolumeFS(pyfuse3.Operations):
         log.debug("FUSE session initialized")
         check_fallocate()
         self._initialized.set()
+        if self.on_init is not None:  # the native engine: pyfuse3 stops reading here
+            self.on_init()
+
+    def volume_of(self, fh: int) -> VolumeIO:
+        """The volume open as file handle *fh* (for the native driver's tables)."""
+        return self._handles[fh]
 
     @property
     def initialized(self) -> bool:
@@ -289,11 +297,18 @@ class VolumeFS(pyfuse3.Operations):
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         log.debug("readdir %d from %d", fh, start_id)
-        for ino, name in self._children(cast(InodeT, fh)):
-            if ino <= start_id:
-                continue
-            if not pyfuse3.readdir_reply(token, name.encode(), self._entry(ino), ino):
+        for name, attr, next_id in self.entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, attr, next_id):
                 break
+
+    def entries(self, fh: int, start_id: int) -> list[tuple[bytes, pyfuse3.EntryAttributes, int]]:
+        """A directory's entries after *start_id*: (name, attributes, id to resume after).
+
+        What :meth:`readdir` replies, for the native driver's protocol too
+        (:mod:`vvfs.driver.protocol`).  Ids are inode numbers, in order.
+        """
+        return [(name.encode(), self._entry(ino), ino)
+                for ino, name in self._children(cast(InodeT, fh)) if ino > start_id]
 
     async def releasedir(self, fh: int) -> None:
         pass
@@ -534,13 +549,13 @@ def check_fallocate() -> bool:
     ENOSYS, the kernel stops asking, and a loop device over a volume file
     can neither discard nor write zeroes (the kernel logs "operation not
     supported" and writes zeros itself).  ``make`` builds pyfuse3 with
-    ``tools/patches/pyfuse3-fallocate.patch``, which adds it.
+    ``tools/patches/pyfuse3.patch``, which adds it.
     """
     if hasattr(pyfuse3.Operations, "fallocate"):
         return True
     log.warning("pyfuse3 %s has no fallocate handler: fallocate, discard and write-zeroes"
                 " of volume files will fail (build pyfuse3 with"
-                " tools/patches/pyfuse3-fallocate.patch: make venv)", pyfuse3.__version__)
+                " tools/patches/pyfuse3.patch: make venv)", pyfuse3.__version__)
     return False
 
 

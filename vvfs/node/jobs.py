@@ -166,6 +166,9 @@ class MoveTask:
 
     async def _run(self) -> None:
         rec = self.record
+        # the guard has the move's shadow now; writes the native driver serves do not
+        # pass the guard, so its tables of this pool go before the first copy
+        await self.jobs.node.quiesce_native(self.pio.uuid)
         emit(self.jobs.node, self.pio.uuid, "move-resumed" if self.resumed else "move-started",
              "info", self.pio.name, f"move {rec.id} ({rec.what}): "
              + (f"resuming at extent {rec.copied}" if self.resumed else "starting")

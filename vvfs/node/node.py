@@ -119,8 +119,15 @@ class Node:
                  state_dir: str | None = None, direct: bool = False,
                  io_threads: int = DEFAULT_IO_THREADS, readonly: bool = False,
                  fuse_options: Iterable[str] = (), resync_rate: int | None = DEFAULT_RATE,
-                 probe_interval: float = DEFAULT_PROBE_INTERVAL) -> None:
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL, engine: str = "native",
+                 driver_threads: int = 0) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
+        #: "native": the driver's threads serve the session once INIT is answered
+        self.engine_name = engine
+        self.driver_threads = driver_threads or os.cpu_count() or 1
+        self.engine: Any = None
+        #: why engine=native was asked for and the Python engine serves ("" otherwise)
+        self.engine_why = ""
         #: moves, scrubs and write guards (vvfs/node/jobs.py)
         self.jobs = Jobs(self)
         #: mirrors: failures, dirty logs, resync, events (vvfs/node/mirrors.py)
@@ -187,10 +194,24 @@ class Node:
         if self.state == "running":
             log.info("stopping")
             self.state = "stopping"
-            pyfuse3.terminate()
+            if self.engine is not None and self.engine.driver is not None:
+                self.engine.stop()
+            else:
+                pyfuse3.terminate()
 
     def _mount(self) -> None:
         log.info("mounting %d pools on %s", len(self.pools), self.mountpoint)
+        if self.engine_name == "native":
+            from vvfs.driver import engine
+
+            why = self.engine_why = engine.available()
+            if why:
+                log.warning("engine=native: %s; every request goes through pyfuse3", why)
+            else:
+                self.engine = engine.NativeEngine(self.fs, lambda: self.fs.pools.values(),
+                                                  self.driver_threads,
+                                                  writable=not self.readonly)
+                self.fs.on_init = pyfuse3.terminate  # INIT answered: the driver takes over
         try:
             pyfuse3.init(self.fs, self.mountpoint, self.fuse_options)
         except RuntimeError as exc:
@@ -227,10 +248,18 @@ class Node:
     async def _main_loop(self, done: trio.Event, scope: trio.CancelScope) -> None:
         try:
             await pyfuse3.main(min_tasks=FUSE_TASKS, max_tasks=FUSE_TASKS_MAX)
+            if self.engine is not None and self.state in ("starting", "running"):
+                # pyfuse3 answered INIT and stopped (VolumeFS.on_init): the driver serves
+                await self.engine.run(pyfuse3.get_session_fd())
         finally:
             self.state = "stopping"
             done.set()
             scope.cancel()
+
+    async def quiesce_native(self, pool_uuid: str) -> None:
+        """Return once no request of *pool_uuid*'s volumes is served natively (a move starts)."""
+        if self.engine is not None and self.engine.driver is not None:
+            await self.engine.quiesce(pool_uuid)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -343,21 +372,29 @@ class Node:
         pio = self.pools[pool.uuid]
         devs = self.devices[pool.uuid]
         await self._open_devices(pool, paths, devs)
-        change = pio.apply(pool)
-        self.jobs.pool_changed(pio)
-        self.mirrors.pool_changed(pio)
-        await self.fs.apply_pool(pio, change)
-        keep = {d.uuid for d in pool.devices}
-        for uuid in [u for u in devs if u not in keep]:
-            await self._close_device(devs.pop(uuid))
+        async with self._native_held(pool.uuid):  # no table serves the old map meanwhile
+            change = pio.apply(pool)
+            self.jobs.pool_changed(pio)
+            self.mirrors.pool_changed(pio)
+            await self.fs.apply_pool(pio, change)
+            keep = {d.uuid for d in pool.devices}
+            for uuid in [u for u in devs if u not in keep]:
+                await self._close_device(devs.pop(uuid))
         await self.mirrors.pool_updated(pio)
 
     async def _drop_pool(self, pool_uuid: str) -> None:
-        await self.jobs.pool_dropped(pool_uuid)
-        await self.mirrors.pool_dropped(pool_uuid)
-        await self.fs.remove_pool(pool_uuid)
-        for dev in self.devices.pop(PoolUUID(pool_uuid), {}).values():
-            await self._close_device(dev)
+        async with self._native_held(pool_uuid):
+            await self.jobs.pool_dropped(pool_uuid)
+            await self.mirrors.pool_dropped(pool_uuid)
+            await self.fs.remove_pool(pool_uuid)
+            for dev in self.devices.pop(PoolUUID(pool_uuid), {}).values():
+                await self._close_device(dev)
+
+    def _native_held(self, pool_uuid: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The native engine's :meth:`~vvfs.driver.engine.NativeEngine.changing`, if it runs."""
+        if self.engine is not None and self.engine.driver is not None:
+            return self.engine.changing(pool_uuid)  # type: ignore[no-any-return]
+        return contextlib.nullcontext()
 
     async def _close_device(self, dev: DataDevice) -> None:
         """Flush and close *dev* once no call is in flight on it.
@@ -472,7 +509,42 @@ class Node:
                 "host_id": self.manager.host_id, "started": self.started,
                 "io_flusher": self.io_flusher, "direct": self.direct,
                 "jobs": self.jobs.statistics(),  # moves, write guards (vvfs/node/jobs.py)
+                # which engine serves the mount, and per open volume which path and how much
+                "engine": self._engine_status(),
                 "pools": [self._pool_status(pio) for pio in self.pools.values()]}
+
+    def _engine_status(self) -> dict[str, Any]:
+        """Which engine serves the mount and, per volume, which path served how many requests.
+
+        ``python_requests`` are the reads and writes the Python data path
+        served (VolumeIO's counters), ``native_requests`` those the driver's
+        threads served from a table; both since the mount.
+        """
+        native = self.engine is not None and self.engine.driver is not None
+        doc: dict[str, Any] = self.engine.statistics() if native else {
+            "engine": "python", "requested": self.engine_name, "why": self.engine_why}
+        rows = doc.pop("volumes", {})
+        vols = {}
+        for pio in self.pools.values():
+            for vio in pio.volumes.values():
+                row = dict(rows.get(vio.uuid) or {
+                    "served_by": "python" if vio.handles else "closed",
+                    "why": "" if native else "engine=python"})
+                row["native_requests"] = row.get("native_reads", 0) + row.get("native_writes", 0)
+                row["python_requests"] = vio.stats.reads + vio.stats.writes
+                vols[f"{pio.name}/{vio.name}"] = row
+        doc["volumes"] = vols
+        return doc
+
+    def _volume_stats(self, vio: Any) -> dict[str, Any]:
+        """*vio*'s counters, with what the native driver served of it added in."""
+        stats = dict(vio.statistics())
+        if self.engine is not None and self.engine.driver is not None:
+            row = self.engine.statistics()["volumes"].get(vio.uuid) or {}
+            for key in ("reads", "writes", "bytes_read", "bytes_written"):
+                stats[key] = stats.get(key, 0) + row.get(f"native_{key}", 0)
+            stats["flushes"] = stats.get("flushes", 0) + row.get("native_fsyncs", 0)
+        return stats
 
     def _pool_status(self, pio: PoolIO) -> dict[str, Any]:
         devs = self.devices.get(pio.uuid, {})
@@ -494,7 +566,7 @@ class Node:
                             "visible": self.fs.visible(v), "open": len(vio.handles),
                             "pids": sorted(set(vio.handles.values())),
                             "state": live.get("volumes", {}).get(v.uuid, "ok"),
-                            "read_policy": v.read_policy, "stats": vio.statistics()})
+                            "read_policy": v.read_policy, "stats": self._volume_stats(vio)})
         return {"name": pio.name, "uuid": pio.uuid, "generation": pio.pool.generation,
                 "devices": devices, "volumes": volumes, "mirror": live.get("mirror", {}),
                 "move": self.jobs.move_progress(pio.uuid)}
