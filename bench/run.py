@@ -224,14 +224,14 @@ def measure(target: Target, wl: Workload, cfg: Config, tree: str, tree_bytes: in
 
 def progress(res: Result) -> str:
     if res.error:
-        return f"  {res.workload:16} {res.target:12} ERROR {res.error}"
+        return f"  {res.workload:16} {res.target:18} ERROR {res.error}"
     lat = ""
     if res.lat_p50_us is not None:
         lat = f"  p50 {res.lat_p50_us:8.1f} µs  p99 {res.lat_p99_us:8.1f} µs"
     iops = f"  {res.iops:9.0f} IOPS" if res.iops is not None else f"  {res.seconds:7.2f} s"
     cpu = res.extra.get("server_cpu_pct")
     cpu_s = f"  server cpu {cpu:4.0f}%" if cpu is not None else ""
-    return f"  {res.workload:16} {res.target:12} {res.mib_s:9.1f} MiB/s{iops}{lat}{cpu_s}"
+    return f"  {res.workload:16} {res.target:18} {res.mib_s:9.1f} MiB/s{iops}{lat}{cpu_s}"
 
 
 def prepare(cfg: Config, dir_a: str, dir_b: str) -> tuple[str, str, str]:
@@ -274,7 +274,7 @@ def check_targets(targets: list[Target], cfg: Config) -> None:
         t.ready()
         bad = check_data(t.path, cfg.size, cfg.check_bytes)
         t.data_check = "ok" if bad is None else f"FAILED: {bad}"
-        say(f"  {t.name:12} {t.data_check}")
+        say(f"  {t.name:18} {t.data_check}")
 
 
 def run_all(targets: list[Target], wls: list[Workload], cfg: Config, tree: str,
