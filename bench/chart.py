@@ -21,6 +21,7 @@ COLORS = {
     "vvfs-mirror": "#6baed6",
     "vvfs-mirror-nv": "#c6dbef",
     "vvfs-stripe": "#08519c",
+    "vvfs-linear-python": "#9467bd",
     "qsd": "#ff7f0e",
     "nbdfuse": "#2ca02c",
 }

@@ -2,7 +2,11 @@
 
 * ``raw`` -- the backing file itself, the limit every layer is measured against;
 * ``vvfs-linear``, ``vvfs-mirror``, ``vvfs-stripe`` -- volumes of one vvfs pool
-  built and mounted with the real ``vv`` CLI (``vv mount -o backing=direct``);
+  built and mounted with the real ``vv`` CLI (``vv mount -o
+  backing=direct,engine=native``: linear and striped volumes served by the
+  native driver, mirrored ones by the Python data path);
+* ``vvfs-linear-python`` -- the same linear volume, the pool mounted again
+  with ``engine=python`` (the bench unmounts and remounts between the two);
 * ``vvfs-mirror-nv`` -- a second mirrored volume of that pool whose reads the
   node serves without verifying the block checksums
   (``VVFS_BENCH_NO_VERIFY``): what verification costs, in the same run;
@@ -28,8 +32,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 
 from .workloads import BenchError
 
@@ -55,9 +59,20 @@ class Target:
     skipped: str | None = None
     #: result of :func:`bench.workloads.check_data`: "ok", or what came back wrong
     data_check: str | None = None
+    #: called before each use: makes sure the file is served as this target says
+    before: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    #: (native, python) requests its server has served so far, when it counts them
+    requests: Callable[[], tuple[int, int] | None] | None = field(
+        default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), list) else v
+                for f in fields(self) if f.name not in ("before", "requests")}
+
+    def ready(self) -> None:
+        """Serve the file as this target says (a vvfs remount when needed)."""
+        if self.before is not None:
+            self.before()
 
 
 def skipped(name: str, title: str, why: str) -> Target:
@@ -230,14 +245,27 @@ def nbdfuse_target(backing: str, mountdir: str, sock: str, log_path: str) -> Ite
 # ---------------------------------------------------------------- vvfs
 
 VVFS_TITLES = {
-    "vvfs-linear": "vvfs linear volume",
-    "vvfs-mirror": "vvfs 2-way mirror",
-    "vvfs-mirror-nv": "vvfs 2-way mirror, reads not verified (VVFS_BENCH_NO_VERIFY)",
-    "vvfs-stripe": "vvfs 2-way stripe",
+    "vvfs-linear": "vvfs linear volume (native engine)",
+    "vvfs-mirror": "vvfs 2-way mirror (mount engine=native; mirrors go through Python)",
+    "vvfs-mirror-nv": ("vvfs 2-way mirror, reads not verified (VVFS_BENCH_NO_VERIFY; "
+                       "through Python)"),
+    "vvfs-stripe": "vvfs 2-way stripe (native engine)",
+    "vvfs-linear-python": "vvfs linear volume, the same one, mounted with engine=python",
 }
 #: the volume of pool ``bench`` behind each vvfs target
 VVFS_VOLUMES = {"vvfs-linear": "linear", "vvfs-mirror": "mirror",
-                "vvfs-mirror-nv": "mirror-nv", "vvfs-stripe": "stripe"}
+                "vvfs-mirror-nv": "mirror-nv", "vvfs-stripe": "stripe",
+                "vvfs-linear-python": "linear"}
+#: the engine each vvfs target's mount runs with (the others: the one of --vvfs-opts)
+VVFS_ENGINES = {"vvfs-linear-python": "python"}
+
+
+def with_engine(opts: str, engine: str | None) -> str:
+    """Mount options *opts* with ``engine=`` set to *engine* (unchanged when None)."""
+    if engine is None:
+        return opts
+    kept = [o for o in opts.split(",") if o and not o.startswith("engine=")]
+    return ",".join([*kept, f"engine={engine}"])
 
 
 def vv_command() -> str | None:
@@ -264,6 +292,54 @@ def _vv(vv: str, env: dict, *args: str, timeout: float = 300) -> str:
     return proc.stdout
 
 
+class VvfsMount:
+    """The pool ``bench`` mounted at one mount point, with one set of options at a time.
+
+    One node holds a state directory, so the targets that need other options
+    (``vvfs-linear-python``: the same volume, ``engine=python``) are served by
+    unmounting and mounting again with theirs: :meth:`use`.  ``pids`` is the
+    list every vvfs target shares: the node serving the mount now.
+    """
+
+    def __init__(self, vv: str, env: dict, mountpoint: str, opts: str) -> None:
+        self.vv, self.env, self.mountpoint, self.opts = vv, env, mountpoint, opts
+        self.current: str | None = None
+        self.pids: list[int] = []
+        self.remounts = 0
+
+    def use(self, opts: str) -> None:
+        """Serve the pool with mount options *opts* (remounting when they differ)."""
+        if self.current == opts:
+            return
+        if self.current is not None:
+            self.unmount()
+            self.remounts += 1
+        _vv(self.vv, dict(self.env, VVFS_BENCH_NO_VERIFY="bench/mirror-nv"), "mount", "-o",
+            opts, "bench", self.mountpoint, timeout=START_TIMEOUT)
+        self.current = opts
+        pid = self.status().get("pid")
+        self.pids[:] = [pid] if pid else []
+
+    def status(self) -> dict:
+        return json.loads(_vv(self.vv, self.env, "status", "--json"))
+
+    def requests(self, volume: str) -> tuple[int, int] | None:
+        """(native, python) requests served of ``bench/VOLUME`` since the mount."""
+        try:
+            row = self.status().get("engine", {}).get("volumes", {}).get(f"bench/{volume}")
+        except (BenchError, ValueError, subprocess.TimeoutExpired):
+            return None
+        if not row:
+            return None
+        return int(row.get("native_requests", 0)), int(row.get("python_requests", 0))
+
+    def unmount(self) -> None:
+        node_pid = self.pids[0] if self.pids else None
+        _vvfs_unmount(self.vv, self.env, self.mountpoint, node_pid)
+        self.current = None
+        self.pids[:] = []
+
+
 @contextlib.contextmanager
 def vvfs_targets(dev_a: str, dev_b: str, state_dir: str, mountpoint: str, size: int,
                  mount_opts: str) -> Iterator[list[Target]]:
@@ -272,6 +348,8 @@ def vvfs_targets(dev_a: str, dev_b: str, state_dir: str, mountpoint: str, size: 
 
     The node runs with ``VVFS_BENCH_NO_VERIFY=bench/mirror-nv``: that mirror's
     reads are not verified by the block checksums (the other mirror's are).
+    Each target's ``before`` remounts with its options when they are not the
+    ones mounted now (``vvfs-linear-python``: ``engine=python``).
     """
     vv = vv_command()
     why = vv_mount_available(vv)
@@ -288,19 +366,22 @@ def vvfs_targets(dev_a: str, dev_b: str, state_dir: str, mountpoint: str, size: 
     _vv(vv, env, "volume", "create", "bench/mirror-nv", "--size", str(size), "--mirrors", "2")
     _vv(vv, env, "volume", "create", "bench/stripe", "--size", str(size), "--stripes", "2")
     os.makedirs(mountpoint, exist_ok=True)
-    node_pid: int | None = None
+    mnt = VvfsMount(vv, env, mountpoint, mount_opts)
     try:
-        _vv(vv, dict(env, VVFS_BENCH_NO_VERIFY="bench/mirror-nv"), "mount", "-o", mount_opts,
-            "bench", mountpoint, timeout=START_TIMEOUT)
-        node_pid = json.loads(_vv(vv, env, "status", "--json")).get("pid")
-        cache = (f"vv mount -o {mount_opts}: backing files opened "
-                 + ("O_DIRECT" if "backing=direct" in mount_opts else "buffered (page cache)")
-                 + "; fio's O_DIRECT opens make FUSE direct_io (no page cache above)")
-        pids = [node_pid] if node_pid else []
-        yield [Target(name, title, os.path.join(mountpoint, "bench", VVFS_VOLUMES[name]),
-                      cache, pids=pids) for name, title in VVFS_TITLES.items()]
+        mnt.use(mount_opts)
+        yield [_vvfs_target(mnt, name, title) for name, title in VVFS_TITLES.items()]
     finally:
-        _vvfs_unmount(vv, env, mountpoint, node_pid)
+        mnt.unmount()
+
+
+def _vvfs_target(mnt: VvfsMount, name: str, title: str) -> Target:
+    opts = with_engine(mnt.opts, VVFS_ENGINES.get(name))
+    cache = (f"vv mount -o {opts}: backing files opened "
+             + ("O_DIRECT" if "backing=direct" in opts else "buffered (page cache)")
+             + "; fio's O_DIRECT opens make FUSE direct_io (no page cache above)")
+    return Target(name, title, os.path.join(mnt.mountpoint, "bench", VVFS_VOLUMES[name]),
+                  cache, pids=mnt.pids, before=lambda: mnt.use(opts),
+                  requests=lambda: mnt.requests(VVFS_VOLUMES[name]))
 
 
 def _vvfs_unmount(vv: str, env: dict, mountpoint: str, node_pid: int | None) -> None:

@@ -1,4 +1,4 @@
-"""Ratios, the issue-6 targets, and the markdown and JSON reports of ``bench.run``.
+"""Ratios, the issue-6 and issue-12 targets, CPU per request, and the markdown and JSON reports of ``bench.run``.
 
 Every ratio is *target value / reference value* for the same workload, the
 reference being the raw backing file (``raw``) or qemu-storage-daemon
@@ -6,6 +6,16 @@ reference being the raw backing file (``raw``) or qemu-storage-daemon
 workload, the block size being fixed) higher is better, 1.00 = as fast as
 the reference; for latency lower is better, 1.00 = as quick as the
 reference.
+
+CPU per request (:func:`cpu_per_request`): for a server, the server
+processes' user + system CPU time during the run over the requests it served;
+for ``raw``, which has no server, fio's own user + system CPU per request.
+fio's own CPU per request is kept for every target as well (with FUSE, the
+kernel's share of a request is in fio's system time).
+
+Issue 12's targets (:func:`goals12`): vvfs-linear (native engine) against
+the better of qsd and nbdfuse, 4 KiB random reads against raw, QD1 latency,
+the native path's CPU per 4 KiB request and mirrors against linear.
 
 What verifying mirrored reads by the block checksums costs is the ratio of
 ``vvfs-mirror`` (verified) to ``vvfs-mirror-nv`` (the same kind of volume in
@@ -54,22 +64,28 @@ def ratios(results: Sequence[Result]) -> dict[tuple[str, str], dict[str, dict[st
 
 @dataclass
 class Goal:
-    """One issue-6 part-3 target for one workload."""
+    """One target for one workload: *ratio* (or value) against *need*.
+
+    ``higher`` says which way passes: ratio >= need (throughput) or, when
+    False, ratio <= need (latency, CPU).
+    """
 
     goal: str
     workload: str
     ratio: float | None
     need: float
+    higher: bool = True
 
     @property
     def status(self) -> str:
         if self.ratio is None:
             return "n/a"
-        return "PASS" if self.ratio >= self.need else "MISS"
+        ok = self.ratio >= self.need if self.higher else self.ratio <= self.need
+        return "PASS" if ok else "MISS"
 
     def to_dict(self) -> dict:
         return {"goal": self.goal, "workload": self.workload, "ratio": self.ratio,
-                "need": self.need, "status": self.status}
+                "need": self.need, "higher": self.higher, "status": self.status}
 
 
 def goals(results: Sequence[Result]) -> list[Goal]:
@@ -99,6 +115,52 @@ def goals(results: Sequence[Result]) -> list[Goal]:
     return out
 
 
+#: the peers vvfs-linear is held against in issue 12 (the better of them per workload)
+PEERS = ("qsd", "nbdfuse")
+#: issue 12's ceiling of CPU per 4 KiB request on the native path, µs
+NATIVE_CPU_US = 20.0
+
+
+def goals12(results: Sequence[Result]) -> list[Goal]:
+    """Issue 12's targets, each a ratio of this run (the CPU goal: µs per request)."""
+    idx = _index(results)
+
+    def val(target: str, wl: Workload, fld: str = "mib_s") -> float | None:
+        r = idx.get((target, wl.name))
+        return getattr(r, fld) if r else None
+
+    out = []
+    for wl in ALL_WORKLOADS:
+        best = max((v for p in PEERS if (v := val(p, wl)) is not None), default=None)
+        out.append(Goal("linear >= best of qsd, nbdfuse", wl.name,
+                        _div(val("vvfs-linear", wl), best), 1.0))
+    by_name = {wl.name: wl for wl in ALL_WORKLOADS}
+    if "rand-read-qd16" in by_name:
+        wl = by_name["rand-read-qd16"]
+        out.append(Goal("linear >= 0.6 raw", wl.name, _div(val("vvfs-linear", wl),
+                                                            val("raw", wl)), 0.6))
+    for name in ("rand-read-qd1", "rand-write-qd1"):
+        if name in by_name:
+            wl = by_name[name]
+            out.append(Goal("linear p50 <= 2 raw", name,
+                            _div(val("vvfs-linear", wl, "lat_p50_us"),
+                                 val("raw", wl, "lat_p50_us")), 2.0, higher=False))
+    for wl in FIO_WORKLOADS:
+        r = idx.get(("vvfs-linear", wl.name))
+        if wl.bs == 4096:
+            out.append(Goal("linear CPU µs per 4K request <= 20", wl.name,
+                            cpu_per_request(r) if r else None, NATIVE_CPU_US, higher=False))
+    for wl in ALL_WORKLOADS:
+        if wl.is_write:
+            out.append(Goal("mirror writes >= 0.5 linear", wl.name,
+                            _div(val("vvfs-mirror", wl), val("vvfs-linear", wl)), 0.5))
+    if "rand-read-qd16" in by_name:
+        wl = by_name["rand-read-qd16"]
+        out.append(Goal("mirror reads >= linear", wl.name,
+                        _div(val("vvfs-mirror", wl), val("vvfs-linear", wl)), 1.0))
+    return out
+
+
 def verification(results: Sequence[Result]) -> list[dict]:
     """What verifying mirrored reads costs, per workload measured on both mirrors.
 
@@ -115,13 +177,29 @@ def verification(results: Sequence[Result]) -> list[dict]:
         if a is not None and b is not None:
             out.append({"workload": wl.name} | {
                 m: _div(getattr(a, _FIELD[m]), getattr(b, _FIELD[m])) for m in METRICS}
-                | {"cpu_us": _cpu_per_request(a), "cpu_us_nv": _cpu_per_request(b)})
+                | {"cpu_us": cpu_per_request(a), "cpu_us_nv": cpu_per_request(b)})
     return out
 
 
-def _cpu_per_request(r: Result) -> float | None:
-    """The server's CPU µs per request of fio run *r* (ramp included: an estimate)."""
-    cpu = r.extra.get("server_cpu_pct")
+def cpu_per_request(r: Result) -> float | None:
+    """CPU µs per request of fio run *r*: its server's, or fio's own when it has none.
+
+    The server's is its CPU time over iops x (ramp + runtime) (an estimate: the
+    ramp's rate is taken to be the run's); a run recorded before that was kept
+    falls back to the CPU share over the whole wall time.
+    """
+    if not r.iops:
+        return None
+    if r.extra.get("server_cpu_us") is not None:
+        return float(r.extra["server_cpu_us"])
+    if r.extra.get("server_cpu_pct") is not None:
+        return float(r.extra["server_cpu_pct"]) / 100 / r.iops * 1e6
+    return fio_cpu_per_request(r)
+
+
+def fio_cpu_per_request(r: Result) -> float | None:
+    """fio's own user + system CPU µs per request of run *r*."""
+    cpu = r.extra.get("fio_cpu_pct")
     if cpu is None or not r.iops:
         return None
     return float(cpu) / 100 / r.iops * 1e6
@@ -222,11 +300,47 @@ def cpu_table(results: Sequence[Result], targets: Sequence[str]) -> list[str]:
     return lines if any_row else []
 
 
+def cpu_us_table(results: Sequence[Result], targets: Sequence[str],
+                 per_request=cpu_per_request) -> list[str]:
+    """CPU µs per request, targets as rows, fio workloads as columns."""
+    idx = {(r.target, r.workload): r for r in results if r.error is None}
+    names = [wl.name for wl in FIO_WORKLOADS]
+    lines = ["| target | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for t in targets:
+        cells = []
+        for n in names:
+            r = idx.get((t, n))
+            cells.append(_num(per_request(r) if r else None))
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def served_table(results: Sequence[Result], targets: Sequence[str]) -> list[str]:
+    """Per vvfs run, the share of its requests the native driver served."""
+    idx = {(r.target, r.workload): r for r in results if r.error is None}
+    names = [wl.name for wl in FIO_WORKLOADS]
+    lines = ["| target | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    any_row = False
+    for t in targets:
+        cells = []
+        for n in names:
+            r = idx.get((t, n))
+            nat = r.extra.get("native_requests") if r else None
+            py = r.extra.get("python_requests", 0) if r else 0
+            cells.append("—" if nat is None or nat + py == 0
+                         else f"{100.0 * nat / (nat + py):.0f}%")
+        if any(c != "—" for c in cells):
+            any_row = True
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines if any_row else []
+
+
 def goals_table(gs: Sequence[Goal]) -> list[str]:
     lines = ["| goal | workload | ratio | need | status |", "|---|---|---|---|---|"]
     for g in gs:
         ratio = "—" if g.ratio is None else f"{g.ratio:.3f}"  # 0.997 is a miss, say so
-        lines.append(f"| {g.goal} | {g.workload} | {ratio} | {g.need:.2f} "
+        need = f"{'>=' if g.higher else '<='} {g.need:.2f}"
+        lines.append(f"| {g.goal} | {g.workload} | {ratio} | {need} "
                      f"| {g.status} |")
     return lines
 
@@ -303,18 +417,38 @@ def markdown(doc: dict) -> str:
     if cpu:
         out += ["", "## Server CPU (percent of one core, user + system, during the run)", ""]
         out += cpu
+    out += ["", "## CPU µs per request", "",
+            ("The server's user + system CPU per request (its processes: the vvfs node with "
+             "its driver threads, qemu-storage-daemon, nbdfuse + nbdkit); raw has no server: "
+             "fio's own CPU per request."), ""]
+    out += cpu_us_table(results, targets)
+    out += ["", "## fio's own CPU µs per request (user + system: the FUSE kernel side too)", ""]
+    out += cpu_us_table(results, targets, fio_cpu_per_request)
+    served = served_table(results, targets)
+    if served:
+        out += ["", "## Requests the native driver served (share of the run's reads and writes)",
+                ""]
+        out += served
     if doc.get("verification"):
         out += ["", "## Read verification: vvfs-mirror ÷ vvfs-mirror-nv", "",
                 ("The same mirrored volume layout in the same pool and run, reads verified by "
                  "the block checksums and not: throughput below 1.00 and latency above 1.00 "
                  "are what verification costs."), ""]
         out += verification_table(doc["verification"])
+    if doc.get("goals12"):
+        out += ["", "## Issue 12 targets", "",
+                ("Ratios of this run (vvfs-linear on the native engine); the CPU goal is "
+                 "µs per request, not a ratio."), ""]
+        out += goals_table([_goal(g) for g in doc["goals12"]])
     out += ["", "## Issue 6 part 3 targets", ""]
-    out += goals_table([Goal(**{k: g[k] for k in ("goal", "workload", "ratio", "need")})
-                        for g in doc["goals"]])
+    out += goals_table([_goal(g) for g in doc["goals"]])
     out += ["", "## Metadata", ""]
     out += metadata_table(doc.get("metadata"))
     return "\n".join(out) + "\n"
+
+
+def _goal(g: dict) -> Goal:
+    return Goal(g["goal"], g["workload"], g["ratio"], g["need"], g.get("higher", True))
 
 
 def document(meta: dict, targets: Sequence[dict], results: Sequence[Result],
@@ -328,6 +462,7 @@ def document(meta: dict, targets: Sequence[dict], results: Sequence[Result],
         rows.append(row)
     return {"meta": meta, "targets": list(targets), "results": rows,
             "goals": [g.to_dict() for g in goals(results)],
+            "goals12": [g.to_dict() for g in goals12(results)],
             "verification": verification(results), "metadata": metadata}
 
 

@@ -95,11 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="run every workload N times on every target (interleaved) and keep "
                          "the median by throughput [default 1]")
     ap.add_argument("--targets", help="comma-separated subset of: raw, vvfs (or vvfs-linear, "
-                    "vvfs-mirror, vvfs-mirror-nv, vvfs-stripe), qsd, nbdfuse")
+                    "vvfs-mirror, vvfs-mirror-nv, vvfs-stripe, vvfs-linear-python), qsd, "
+                    "nbdfuse")
     ap.add_argument("--workloads", help="comma-separated subset of: "
                     + ", ".join(wl.name for wl in ALL_WORKLOADS))
-    ap.add_argument("--vvfs-opts", default="backing=direct",
-                    help="vv mount -o options [default backing=direct]")
+    ap.add_argument("--vvfs-opts", default="backing=direct,engine=native",
+                    help="vv mount -o options (vvfs-linear-python: the same with "
+                         "engine=python) [default backing=direct,engine=native]")
     ap.add_argument("--no-metadata", action="store_true", help="skip the metadata benchmark")
     ap.add_argument("--profile", action="store_true",
                     help="after measuring, rerun each fio workload on the vvfs targets under "
@@ -188,8 +190,11 @@ def wanted(args: argparse.Namespace) -> tuple[set[str], list[Workload]]:
 
 def measure(target: Target, wl: Workload, cfg: Config, tree: str, tree_bytes: int,
             workdir: str) -> Result:
-    """One workload on one target, with the CPU its servers used meanwhile."""
+    """One workload on one target, with the CPU its servers used meanwhile and
+    (vvfs) how many of its requests the native driver served."""
     assert target.path is not None
+    target.ready()
+    served = target.requests() if target.requests else None
     before = {pid: peers.cpu_seconds(pid) for pid in target.pids}
     t = time.monotonic()
     if wl is EXT4_COPY:
@@ -205,19 +210,28 @@ def measure(target: Target, wl: Workload, cfg: Config, tree: str, tree_bytes: in
             used += end - start
     if target.pids and wall > 0:
         res.extra["server_cpu_pct"] = 100.0 * used / wall
+        res.extra["server_cpu_s"] = used
+        if wl.is_fio and res.iops:
+            # requests ~ iops over ramp + runtime: fio's start and exit, when the
+            # server idles, are left out of the denominator and cost it nothing
+            res.extra["server_cpu_us"] = used / (res.iops * ((res.seconds or 0) + cfg.ramp)) * 1e6
+    after = target.requests() if target.requests and served else None
+    if served and after:
+        res.extra["native_requests"] = after[0] - served[0]
+        res.extra["python_requests"] = after[1] - served[1]
     return res
 
 
 def progress(res: Result) -> str:
     if res.error:
-        return f"  {res.workload:16} {res.target:12} ERROR {res.error}"
+        return f"  {res.workload:16} {res.target:18} ERROR {res.error}"
     lat = ""
     if res.lat_p50_us is not None:
         lat = f"  p50 {res.lat_p50_us:8.1f} µs  p99 {res.lat_p99_us:8.1f} µs"
     iops = f"  {res.iops:9.0f} IOPS" if res.iops is not None else f"  {res.seconds:7.2f} s"
     cpu = res.extra.get("server_cpu_pct")
     cpu_s = f"  server cpu {cpu:4.0f}%" if cpu is not None else ""
-    return f"  {res.workload:16} {res.target:12} {res.mib_s:9.1f} MiB/s{iops}{lat}{cpu_s}"
+    return f"  {res.workload:16} {res.target:18} {res.mib_s:9.1f} MiB/s{iops}{lat}{cpu_s}"
 
 
 def prepare(cfg: Config, dir_a: str, dir_b: str) -> tuple[str, str, str]:
@@ -257,20 +271,27 @@ def check_targets(targets: list[Target], cfg: Config) -> None:
     for t in targets:
         if t.skipped or t.path is None:
             continue
+        t.ready()
         bad = check_data(t.path, cfg.size, cfg.check_bytes)
         t.data_check = "ok" if bad is None else f"FAILED: {bad}"
-        say(f"  {t.name:12} {t.data_check}")
+        say(f"  {t.name:18} {t.data_check}")
 
 
 def run_all(targets: list[Target], wls: list[Workload], cfg: Config, tree: str,
             tree_bytes: int, workdir: str) -> list[Result]:
+    """Every workload on every target; the order of the targets is reversed on
+    every other pass (drift hits both ends alike, and the vvfs targets that need
+    a remount follow each other: one remount per pass)."""
     results = []
     live = [t for t in targets if not t.skipped]
+    passes = 0
     for wl in wls:
         say(f"{wl.name}: {wl.title}")
         runs: dict[str, list[Result]] = {t.name: [] for t in live}
         for _ in range(cfg.repeat):
-            for t in live:
+            order = live if passes % 2 == 0 else live[::-1]
+            passes += 1
+            for t in order:
                 res = measure(t, wl, cfg, tree, tree_bytes, workdir)
                 say(progress(res))
                 runs[t.name].append(res)
@@ -304,6 +325,7 @@ def profile_vvfs(targets: list[Target], wls: list[Workload], cfg: Config, workdi
         for wl in wls:
             if not wl.is_fio:
                 continue
+            t.ready()
             svg = os.path.join(out_dir, f"profile-{t.name}-{wl.name}.svg")
             spy_proc = subprocess.Popen(
                 [spy, "record", "--nonblocking", "--rate", "250", "--pid", str(t.pids[0]),

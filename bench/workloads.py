@@ -167,7 +167,9 @@ def parse_fio(text: str, target: str, wl: Workload) -> Result:
         lat_p50_us=_pct_us(pct, "50.000000"),
         lat_p99_us=_pct_us(pct, "99.000000"),
         seconds=side["runtime"] / 1000.0,
-        extra={"io_bytes": side["io_bytes"], "lat_mean_us": lat.get("mean", 0) / 1000.0},
+        extra={"io_bytes": side["io_bytes"], "lat_mean_us": lat.get("mean", 0) / 1000.0,
+               # fio's own user + system CPU, percent of one core over its run
+               "fio_cpu_pct": job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0)},
     )
 
 

@@ -114,3 +114,32 @@ def test_chart_renders(doc: dict, tmp_path) -> None:
     out = chart.render(doc, str(tmp_path / "chart.png"))
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_target_has_cpu_microseconds_per_request(doc: dict) -> None:
+    md = report.markdown(doc).split("## CPU µs per request")[1].split("\n## ")[0]
+    for name in NAMES:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {name} | "))
+        cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+        measured = [c for c, wl in zip(cells, FIO_WORKLOADS) if wl in WORKLOADS]
+        assert measured and all(c != "—" and float(c.replace(",", "")) > 0 for c in measured)
+
+
+def test_issue_12_targets_are_printed_with_their_direction(doc: dict) -> None:
+    md = report.markdown(doc)
+    assert "## Issue 12 targets" in md
+    assert "| linear p50 <= 2 raw | rand-read-qd1 |" in md
+    assert "| <= 2.00 |" in md
+
+
+def test_a_latency_goal_passes_below_its_ceiling() -> None:
+    assert report.Goal("p50", "w", 1.5, 2.0, higher=False).status == "PASS"
+    assert report.Goal("p50", "w", 2.5, 2.0, higher=False).status == "MISS"
+
+
+def test_the_python_engine_target_mounts_the_same_options_with_engine_python() -> None:
+    from bench.peers import with_engine
+
+    assert with_engine("backing=direct,engine=native", "python") == \
+        "backing=direct,engine=python"
+    assert with_engine("backing=direct", None) == "backing=direct"
