@@ -17,19 +17,23 @@ import random
 import re
 import stat
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mapper.layout import VolumeMap
 
+from ..support import ackwriter
 from ..support.mountutil import MiB, TestPool, fio, mounted, require, wait_until
 
 pytestmark = pytest.mark.slow
 
 KiB = 1024
+ROOT = Path(__file__).resolve().parents[2]  # for python -m tests.support...
 SIZE = 32 * MiB
 
 
@@ -376,46 +380,39 @@ def _legs_bytes(pool: TestPool, name: str) -> list[bytes]:
     return [bytes(leg) for leg in legs]
 
 
-def _fio_crash_job(path: str) -> list[str]:
-    return ["--name=crash", f"--filename={path}", "--rw=randwrite", "--bs=64k",
-            f"--size={SIZE}", "--direct=1", "--ioengine=libaio", "--iodepth=8",
-            "--verify=crc32c", "--verify_fatal=1"]
+def _ackwriter(path: str, log: str, seed: int) -> subprocess.Popen[str]:
+    """Eight threads of O_DIRECT 64 KiB writes at ~8 MiB/s, each logged once acknowledged."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.ackwriter", path, log, f"--size={SIZE}",
+         f"--bs={64 * KiB}", "--depth=8", f"--seed={seed}", "--pause=0.06"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _verified(output: str) -> int:
-    """Bytes read by a verify run, from fio's READ summary line."""
-    m = re.search(r"READ: .*?io=([\d.]+)([KMG]i?B)", output)
-    if not m:
-        return 0
-    return int(float(m.group(1)) * {"KiB": KiB, "MiB": MiB, "GiB": 1 << 30}.get(m.group(2), 1))
-
-
-@pytest.mark.xfail(strict=False, reason="fio's verify of its saved state after the SIGKILL finds a"
-                   " mismatched block (EILSEQ) in about half the runs, with engine=python as well"
-                   " (not the driver): either the test reads fio's crash state wrongly or the mirror"
-                   " path loses a completed write; unexplained, see the issue 12 note")
 def test_a_sigkill_during_native_mirrored_writes_then_resync_leaves_identical_legs(
         fresh_pool: TestPool, tmp_path: Any) -> None:
-    """SIGKILL the node of a native mount mid-fio on a mirror; after a remount (Python
-    engine) the crash resync runs, every completed fio write reads back (verify state),
-    a block fsynced before fio survives, and both legs hold the same bytes."""
-    require("fio")
+    """SIGKILL the node of a native mount mid-writes on a mirror (eight writers in flight);
+    after a remount (Python engine) the crash resync runs, every acknowledged write reads
+    back, a block fsynced before survives, and both legs hold the same bytes.
+
+    The writes come from tests/support/ackwriter.py, which logs a write only once it
+    returned: fio's saved verify state counts a write that failed when the node died as
+    written (see that module)."""
     fresh_pool.create_volume("mir", 2 * SIZE, mirrors=2)
     path = fresh_pool.volume_path("mir")
+    log = str(tmp_path / "acked")
     before = random.Random(6).randbytes(MiB)
     with mounted(fresh_pool, "engine=native", "driver_threads=2", "probe_interval=0") as node:
         fd = os.open(path, os.O_RDWR)
         try:
-            assert os.pwrite(fd, before, SIZE + 3 * MiB) == MiB  # outside fio's range
+            assert os.pwrite(fd, before, SIZE + 3 * MiB) == MiB  # outside the writer's range
             os.fsync(fd)
         finally:
             os.close(fd)
-        proc = subprocess.Popen(["fio", *_fio_crash_job(path), "--do_verify=0", "--fsync=4",
-                                 "--verify_state_save=1", "--rate=8m"], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = _ackwriter(path, log, seed=12)
         try:
-            time.sleep(1.0)  # ~8 MiB at the rate (libaio writes are not in /proc/PID/io)
-            assert proc.poll() is None, f"fio ended before the kill:\n{proc.communicate()[0]}"
+            wait_until(lambda: os.path.exists(log) and len(ackwriter.acknowledged(log)) >= 64,
+                       30, "64 acknowledged writes")
+            assert proc.poll() is None, f"the writer ended before the kill:\n{proc.communicate()[0]}"
             assert _status(fresh_pool)["engine"]["engine"] == "native"
             node.kill()
             out, _ = proc.communicate(timeout=60)
@@ -423,17 +420,22 @@ def test_a_sigkill_during_native_mirrored_writes_then_resync_leaves_identical_le
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode != 0, f"fio finished before the node died:\n{out}"
+        assert proc.returncode != 0, f"the writer finished before the node died:\n{out}"
+    acked = ackwriter.acknowledged(log)
+    assert len(acked) >= 64 and len(set(acked)) == len(acked), acked
     with mounted(fresh_pool, "engine=python", "probe_interval=0", "resync_rate=0") as node:
         def crash_resync_done() -> bool:
             jobs = _status(fresh_pool)["pools"][0]["mirror"]["jobs"]
             return any(j["kind"] == "crash" and j["state"] == "done" for j in jobs)
         wait_until(crash_resync_done, 60, "the crash resync")
-        res = fio(*_fio_crash_job(path), "--verify_only", "--verify_state_load=1",
-                  cwd=str(tmp_path), check=False)
-        assert res.returncode == 0, f"a completed write was lost:\n{res.stdout}{res.stderr}"
-        assert _verified(res.stdout) >= 4 * MiB, res.stdout  # the writes before the kill
+        with open(path, "rb") as f:
+            seen = {off: os.pread(f.fileno(), 64 * KiB, off) for off in range(0, SIZE, 64 * KiB)}
         node.umount()
+    lost = [off for off in acked if seen[off] != ackwriter.block(12, off, 64 * KiB)]
+    assert not lost, f"{len(lost)} acknowledged writes lost, first at offset {lost[0]}"
+    unwritten = [off for off in range(0, SIZE, 64 * KiB) if off not in set(acked)]
+    assert any(seen[off] != ackwriter.block(12, off, 64 * KiB) for off in unwritten), \
+        "every block reads as written: the check cannot tell a lost write"
     legs = _legs_bytes(fresh_pool, "mir")
     assert len(legs) == 2 and len(legs[0]) == 2 * SIZE
     assert legs[0][SIZE + 3 * MiB:SIZE + 4 * MiB] == before, "the fsynced block is gone"
